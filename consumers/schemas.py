@@ -1,0 +1,187 @@
+"""
+Define the data of every event on the topics (spec section 4) as pydantic models.
+
+The same models validate inputs and produce the JSON Schemas in docs/schemas.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ToolCallId = Field(min_length=1, max_length=255)
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ToolCallArguments(_Data):
+    """
+    Arguments of the create_workspace tool.
+    """
+
+    template_id: str
+    name: str | None = None
+    parameters: dict[str, str] | None = None
+
+
+class ToolCallIds(_Data):
+    """
+    The part of a tool call that must be readable for it to get an answer.
+    """
+
+    tool_call_id: str = ToolCallId
+    chat_id: UUID
+
+
+class ToolCallData(_Data):
+    """
+    ``chat.tool_call.v1``.
+    """
+
+    tool_call_id: str = ToolCallId
+    chat_id: UUID
+    owner_id: UUID
+    tool: Literal["create_workspace"]
+    arguments: ToolCallArguments
+    template_name: str | None = None
+
+
+class ToolResultData(_Data):
+    """
+    ``chat.tool_result.v1``.
+    """
+
+    tool_call_id: str = ToolCallId
+    chat_id: UUID
+    tool: Literal["create_workspace"]
+    is_error: bool
+    content: dict[str, object]
+
+
+class WorkspaceEventData(_Data):
+    """
+    ``chat.workspace.state_changed.v1``, ``chat.workspace.ready.v1``, ``chat.workspace.failed.v1``.
+    """
+
+    chat_id: UUID
+    from_state: str
+    to_state: str
+    trigger: str
+    workspace_id: UUID | None = None
+    workspace_name: str | None = None
+    agent_id: UUID | None = None
+    reason: str | None = None
+    version: int
+    occurred_at: datetime
+
+
+class RichParameterValue(_Data):
+    """
+    One template parameter of a create command.
+    """
+
+    name: str
+    value: str
+
+
+class CreateCommandData(_Data):
+    """
+    ``coder.workspace.create.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    owner_id: UUID
+    template_id: UUID
+    name: str
+    rich_parameter_values: list[RichParameterValue]
+
+
+class CreatedData(_Data):
+    """
+    ``coder.workspace.created.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    workspace_id: UUID
+    workspace_name: str = Field(min_length=1)
+    owner_name: str = Field(min_length=1)
+    build_id: UUID
+    job_id: UUID
+
+
+class Validation(_Data):
+    """
+    One field error of a rejected create.
+    """
+
+    field: str
+    detail: str
+
+
+class CreateFailedData(_Data):
+    """
+    ``coder.workspace.create_failed.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    status_code: int | None = None
+    message: str = Field(min_length=1)
+    detail: str | None = None
+    validations: list[Validation] | None = None
+
+
+class AgentRef(_Data):
+    """
+    One agent of a workspace build.
+    """
+
+    id: UUID
+    name: str
+
+
+class JobUpdatedData(_Data):
+    """
+    ``coder.provisioner_job.updated.v1``.
+    """
+
+    job_id: UUID
+    workspace_id: UUID
+    build_id: UUID
+    transition: Literal["start", "stop", "delete"]
+    status: Literal["pending", "running", "succeeded", "canceling", "canceled", "failed", "unknown"]
+    error: str | None = None
+    agents: list[AgentRef] | None = None
+    occurred_at: datetime
+
+
+class HeartbeatData(_Data):
+    """
+    ``coder.agent.heartbeat.v1``.
+    """
+
+    agent_id: UUID
+    workspace_id: UUID
+    lifecycle_state: str | None = None
+    occurred_at: datetime
+
+
+EVENT_TYPES: dict[str, type[_Data]] = {
+    "chat.tool_call.v1": ToolCallData,
+    "chat.tool_result.v1": ToolResultData,
+    "chat.workspace.state_changed.v1": WorkspaceEventData,
+    "chat.workspace.ready.v1": WorkspaceEventData,
+    "chat.workspace.failed.v1": WorkspaceEventData,
+    "coder.workspace.create.v1": CreateCommandData,
+    "coder.workspace.created.v1": CreatedData,
+    "coder.workspace.create_failed.v1": CreateFailedData,
+    "coder.provisioner_job.updated.v1": JobUpdatedData,
+    "coder.agent.heartbeat.v1": HeartbeatData,
+}

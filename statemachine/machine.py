@@ -1,0 +1,84 @@
+"""
+Build the transition table once, with ``transitions``, shared by every chat.
+
+No machine object is kept per chat: decisions compute the destination and
+ask this table whether the move is legal, so the table stays the single
+authority and the source of the state diagram.
+"""
+
+from __future__ import annotations
+
+from transitions import Machine
+
+from statemachine.states import State, Trigger
+
+S = State
+T = Trigger
+
+# (trigger, sources, destination, condition shown in the diagram)
+TABLE: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = (
+    (T.TOOL_CALL, (S.NONE, S.FAILED), S.CREATING, None),
+    (T.TOOL_CALL, (S.READY,), S.CREATING, "agent_inactive"),
+    (T.CREATE_ACCEPTED, (S.CREATING, S.FAILED), S.BUILDING, "same_command"),
+    (T.CREATE_REJECTED, (S.CREATING,), S.FAILED, None),
+    (T.CREATE_TIMED_OUT, (S.CREATING,), S.FAILED, None),
+    (T.BUILD_SUCCEEDED, (S.BUILDING,), S.AGENT_WAITING, "has_agent"),
+    (T.BUILD_SUCCEEDED, (S.BUILDING,), S.READY, "no_agent_or_agent_seen"),
+    (T.BUILD_FAILED, (S.BUILDING,), S.FAILED, None),
+    (T.BUILD_CANCELED, (S.BUILDING,), S.FAILED, None),
+    (T.BUILD_TIMED_OUT, (S.BUILDING,), S.FAILED, None),
+    (T.AGENT_CONNECTED, (S.AGENT_WAITING,), S.READY, None),
+    (T.AGENT_CONNECT_TIMED_OUT, (S.AGENT_WAITING,), S.AGENT_WAITING, None),
+    (
+        T.WORKSPACE_DELETED,
+        (S.BUILDING, S.AGENT_WAITING, S.READY, S.FAILED),
+        S.NONE,
+        None,
+    ),
+)
+
+
+class IllegalTransitionError(Exception):
+    """
+    Raise when a decision asks for a move the transition table does not have.
+    """
+
+
+def _build() -> Machine:
+    machine = Machine(
+        model=None,
+        states=[state.value for state in State],
+        initial=State.NONE.value,
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+    )
+    for trigger, sources, dest, condition in TABLE:
+        machine.add_transition(
+            trigger.value,
+            [s.value for s in sources],
+            dest.value,
+            conditions=[condition] if condition else None,
+        )
+    return machine
+
+
+MACHINE = _build()
+_LEGAL = frozenset(
+    (trigger, source, dest) for trigger, sources, dest, _ in TABLE for source in sources
+)
+
+
+def check(trigger: Trigger, source: State, dest: State) -> None:
+    """
+    Raise ``IllegalTransitionError`` unless the table allows this move.
+    """
+    if (trigger, source, dest) not in _LEGAL:
+        msg = f"no transition {source} --{trigger}--> {dest}"
+        raise IllegalTransitionError(msg)
+
+
+def allowed() -> frozenset[tuple[Trigger, State, State]]:
+    """
+    Return every legal (trigger, source, destination) of the table.
+    """
+    return _LEGAL

@@ -1,0 +1,42 @@
+"""
+Name the states of a chat's workspace and the triggers that move between them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """
+    Say where a chat's workspace is in its life (spec section 1).
+    """
+
+    NONE = "none"
+    CREATING = "creating"
+    BUILDING = "building"
+    AGENT_WAITING = "agent_waiting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Trigger(StrEnum):
+    """
+    Say what moved a chat from one state to another.
+    """
+
+    TOOL_CALL = "tool_call"
+    CREATE_ACCEPTED = "create_accepted"
+    CREATE_REJECTED = "create_rejected"
+    CREATE_TIMED_OUT = "create_timed_out"
+    BUILD_SUCCEEDED = "build_succeeded"
+    BUILD_FAILED = "build_failed"
+    BUILD_CANCELED = "build_canceled"
+    BUILD_TIMED_OUT = "build_timed_out"
+    AGENT_CONNECTED = "agent_connected"
+    AGENT_CONNECT_TIMED_OUT = "agent_connect_timed_out"
+    WORKSPACE_DELETED = "workspace_deleted"
+
+
+# States in which a create command may be in flight or a build is running.
+IN_PROGRESS = frozenset({State.CREATING, State.BUILDING, State.AGENT_WAITING})

@@ -1,0 +1,45 @@
+"""
+Translate asyncpg's exceptions into the project's own, at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+
+
+class StorageError(Exception):
+    """
+    Raise when PostgreSQL fails; callers never see an asyncpg type.
+    """
+
+
+class StorageUnavailableError(StorageError):
+    """
+    Raise when PostgreSQL cannot be reached; retrying later may work.
+    """
+
+
+class ConflictError(StorageError):
+    """
+    Raise when a transaction lost a race (deadlock, serialization); retry it.
+    """
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """
+    Re-raise asyncpg and connection errors as ``StorageError`` subclasses.
+    """
+    try:
+        yield
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+        raise ConflictError(str(exc)) from exc
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+        raise StorageUnavailableError(str(exc) or type(exc).__name__) from exc
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.InterfaceError as exc:
+        raise StorageError(str(exc)) from exc

@@ -1,0 +1,78 @@
+"""
+Give the relay its rows: the PostgreSQL side of ``consumers.relay.OutboxSource``.
+
+Leadership is a session advisory lock on a dedicated connection, which also
+LISTENs for the NOTIFY every committing transaction with outbox rows sends.
+If the leader dies, its connection closes, the lock is released and another
+instance's relay takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from storage import errors
+from storage.queries import sql
+from storage.store import OUTBOX_CHANNEL, ClaimedRecord, OutboxRecord
+
+_LEADER_KEY = 0x6F7574  # "out"
+
+
+class PostgresOutbox:
+    """
+    Read, delete and lead the outbox.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+
+    @contextlib.asynccontextmanager
+    async def leadership(self, wake: asyncio.Event) -> AsyncIterator[None]:
+        """
+        Hold the relay lock for as long as the block runs.
+        """
+        with errors.translated():
+            conn = await asyncpg.connect(self._dsn)
+        try:
+            with errors.translated():
+                await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_KEY):
+                    await asyncio.sleep(1.0)
+            wake.set()
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def fetch(self, limit: int) -> Sequence[ClaimedRecord]:
+        """
+        Return the oldest rows, in id order.
+        """
+        with errors.translated():
+            rows = await self._pool.fetch(sql("outbox_claim"), limit)
+        return [ClaimedRecord(r["id"], _record(r)) for r in rows]
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        """
+        Forget rows the broker acknowledged.
+        """
+        with errors.translated():
+            await self._pool.execute(sql("outbox_delete"), list(ids))
+
+
+def _record(row: Any) -> OutboxRecord:
+    return OutboxRecord(
+        row["topic"],
+        row["key"],
+        row["ce_id"],
+        row["ce_type"],
+        row["ce_time"],
+        bytes(row["payload"]),
+        row["headers"],
+    )

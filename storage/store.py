@@ -1,0 +1,411 @@
+"""
+Read and write the state tables inside one transaction per batch of events.
+
+``PostgresStateStore`` is the only writer of ``chat_workspaces``,
+``workspace_transitions``, ``tool_calls``, ``outbox``, ``provisioner_jobs``
+and ``agents``. Rows are locked in ``chat_id`` order, so instances that lock
+overlapping sets of chats wait for each other instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from statemachine import effects
+from statemachine.model import Agent, AnsweredCall, Chat, ChatWorkspace, Job, Waiter
+from statemachine.states import State
+from storage import errors
+from storage.queries import sql
+
+OUTBOX_CHANNEL = "workspaced_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """
+    Hold one record to publish: its topic, key, CloudEvent attributes and value.
+    """
+
+    topic: str
+    key: str
+    ce_id: str
+    ce_type: str
+    ce_time: datetime
+    payload: bytes
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRecord:
+    """
+    Hold an outbox row claimed for publishing.
+    """
+
+    id: int
+    record: OutboxRecord
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=orjson.loads, schema="pg_catalog", format="text")
+
+
+def _jsonb_encode(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _job(record: asyncpg.Record) -> Job:
+    agents = tuple(Agent(a["id"], a.get("name", "")) for a in record["agents"])
+    return Job(
+        record["job_id"],
+        record["workspace_id"],
+        record["build_id"],
+        record["transition"],
+        record["status"],
+        record["error"],
+        agents,
+        record["occurred_at"],
+    )
+
+
+def _row(record: asyncpg.Record) -> ChatWorkspace:
+    values = dict(record)
+    values["state"] = State(values["state"])
+    return ChatWorkspace(**values)
+
+
+class StateTransaction:
+    """
+    Offer the reads and writes of one transaction; made by ``PostgresStateStore``.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, topic_name: Callable[[str], str]) -> None:
+        self._conn = conn
+        self._topic_name = topic_name
+        self.outbox_written = 0
+        self.earliest_deadline: datetime | None = None
+
+    async def claim_inbox(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """
+        Record (source, id) pairs as handled; return those not handled before.
+        """
+        if not keys:
+            return set()
+        with errors.translated():
+            rows = await self._conn.fetch(
+                sql("inbox_claim"), [k[0] for k in keys], [k[1] for k in keys]
+            )
+        return {(r["source"], r["id"]) for r in rows}
+
+    async def record_heartbeats(
+        self, beats: Mapping[str, tuple[str, str | None, datetime]]
+    ) -> dict[str, str]:
+        """
+        Store the latest heartbeat per agent; return {chat_id: agent_id} of chats waiting on them.
+        """
+        if not beats:
+            return {}
+        agent_ids = sorted(beats)
+        with errors.translated():
+            await self._conn.execute(
+                sql("agents_record"),
+                agent_ids,
+                [beats[a][0] for a in agent_ids],
+                [beats[a][1] for a in agent_ids],
+                [beats[a][2] for a in agent_ids],
+            )
+            rows = await self._conn.fetch(sql("chats_waiting_on_agents"), agent_ids)
+        return {r["chat_id"]: r["agent_id"] for r in rows}
+
+    async def lock_jobs(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        """
+        Lock and return the known jobs among ``job_ids``.
+        """
+        with errors.translated():
+            rows = await self._conn.fetch(sql("jobs_lock"), sorted(set(job_ids)))
+        return {r["job_id"]: _job(r) for r in rows}
+
+    async def save_jobs(self, jobs: Iterable[Job]) -> None:
+        """
+        Write merged job statuses.
+        """
+        args = [
+            (
+                j.job_id,
+                j.workspace_id,
+                j.build_id,
+                j.transition,
+                j.status,
+                j.error,
+                [{"id": a.id, "name": a.name} for a in j.agents],
+                j.occurred_at,
+            )
+            for j in jobs
+        ]
+        if args:
+            with errors.translated():
+                await self._conn.executemany(sql("jobs_save"), args)
+
+    async def chats_bound_to(self, workspace_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """
+        Return (chat_id, workspace_id) of the chats bound to any of these workspaces.
+        """
+        ids = sorted(set(workspace_ids))
+        if not ids:
+            return []
+        with errors.translated():
+            rows = await self._conn.fetch(sql("chats_bound_to_workspaces"), ids)
+        return [(r["chat_id"], r["workspace_id"]) for r in rows]
+
+    async def lock_chats(
+        self, chat_ids: Iterable[str], owners: Mapping[str, str], now: datetime
+    ) -> dict[str, Chat]:
+        """
+        Lock the chats (creating rows for new ones in ``owners``) with their waiting calls.
+        """
+        ids = sorted(set(chat_ids))
+        if not ids:
+            return {}
+        with errors.translated():
+            new = sorted(owners)
+            if new:
+                await self._conn.execute(
+                    sql("chats_create_missing"), new, [owners[c] for c in new], now
+                )
+            rows = await self._conn.fetch(sql("chats_lock"), ids)
+            waiting = await self._conn.fetch(sql("waiters_of"), ids)
+        waiters: dict[str, list[Waiter]] = {}
+        for w in waiting:
+            waiters.setdefault(w["chat_id"], []).append(Waiter(w["tool_call_id"], w["creator"]))
+        return {
+            r["chat_id"]: Chat(_row(r), tuple(waiters.get(r["chat_id"], ()))) for r in rows
+        }
+
+    async def load_facts(
+        self,
+        job_ids: Iterable[str],
+        agent_ids: Iterable[str],
+        workspace_ids: Iterable[str],
+        tool_call_ids: Iterable[str],
+    ) -> tuple[dict[str, Job], dict[str, datetime], dict[str, Job], dict[str, AnsweredCall]]:
+        """
+        Return known jobs, agents' last heartbeats, latest builds and past tool calls.
+        """
+        conn = self._conn
+        with errors.translated():
+            jobs = {r["job_id"]: _job(r) for r in await conn.fetch(sql("jobs_get"), list(set(job_ids)))}
+            more_agents = {j.agents[0].id for j in jobs.values() if j.agents}
+            agents = list(set(agent_ids) | more_agents)
+            seen = {r["agent_id"]: r["last_seen_at"] for r in await conn.fetch(sql("agents_seen"), agents)}
+            latest = {
+                r["workspace_id"]: _job(r)
+                for r in await conn.fetch(sql("latest_builds"), list(set(workspace_ids)))
+            }
+            calls = {
+                r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
+                for r in await conn.fetch(sql("calls_known"), list(set(tool_call_ids)))
+            }
+        return jobs, seen, latest, calls
+
+    async def save(
+        self,
+        chats: Iterable[ChatWorkspace],
+        done: Sequence[effects.Effect],
+        extra: Sequence[OutboxRecord] = (),
+    ) -> None:
+        """
+        Write changed rows and perform effects: history, waits, answers, outbox.
+        """
+        rows = [_row_args(c) for c in chats]
+        history, waits, answers, outbox = [], [], [], list(extra)
+        for effect in done:
+            match effect:
+                case effects.RecordTransition():
+                    history.append(_history_args(effect))
+                case effects.Wait():
+                    waits.append(
+                        (
+                            effect.tool_call_id,
+                            effect.chat_id,
+                            effect.creator,
+                            effect.event_id,
+                            effect.occurred_at,
+                        )
+                    )
+                case effects.Answer():
+                    answer = {"is_error": effect.is_error, "content": effect.content}
+                    answers.append((effect.tool_call_id, effect.chat_id, effect.occurred_at, answer))
+                    outbox.append(_answer_record(effect, self._topic_name))
+                case effects.Publish():
+                    outbox.append(_publish_record(effect, self._topic_name))
+        conn = self._conn
+        with errors.translated():
+            if rows:
+                await conn.executemany(sql("chats_save"), rows)
+            if history:
+                await conn.executemany(sql("transitions_record"), history)
+            if waits:
+                await conn.executemany(sql("calls_wait"), waits)
+            if answers:
+                await conn.executemany(sql("calls_answer"), answers)
+            if outbox:
+                await self.add_outbox(outbox)
+        for chat in rows:
+            deadline = chat[17]
+            if deadline is not None and (self.earliest_deadline is None or deadline < self.earliest_deadline):
+                self.earliest_deadline = deadline
+
+    async def add_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """
+        Append records to the outbox and wake the relays when the transaction commits.
+        """
+        with errors.translated():
+            await self._conn.execute(
+                sql("outbox_add"),
+                [r.topic for r in records],
+                [r.key for r in records],
+                [r.ce_id for r in records],
+                [r.ce_type for r in records],
+                [r.ce_time for r in records],
+                [r.payload for r in records],
+                [dict(r.headers) if r.headers is not None else None for r in records],
+            )
+            if not self.outbox_written:
+                await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        self.outbox_written += len(records)
+
+    async def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, int]]:
+        """
+        Lock up to ``limit`` chats whose deadline has passed, skipping those locked elsewhere.
+        """
+        with errors.translated():
+            rows = await self._conn.fetch(sql("timers_claim"), now, limit)
+        return [(r["chat_id"], r["version"]) for r in rows]
+
+
+def _row_args(row: ChatWorkspace) -> tuple[Any, ...]:
+    return (
+        row.chat_id,
+        row.owner_id,
+        row.state.value,
+        row.version,
+        row.state_entered_at,
+        row.updated_at,
+        row.workspace_id,
+        row.workspace_name,
+        row.owner_name,
+        row.build_id,
+        row.job_id,
+        row.agent_id,
+        row.agent_status,
+        row.template_id,
+        row.command_id,
+        row.requested_name,
+        row.last_error,
+        row.deadline_at,
+    )
+
+
+def _history_args(effect: effects.RecordTransition) -> tuple[Any, ...]:
+    return (
+        effect.chat_id,
+        effect.from_state.value,
+        effect.to_state.value,
+        effect.trigger.value,
+        effect.event_id,
+        effect.version,
+        effect.occurred_at,
+        dict(effect.detail),
+    )
+
+
+def _publish_record(effect: effects.Publish, topic_name: Callable[[str], str]) -> OutboxRecord:
+    return OutboxRecord(
+        topic_name(effect.topic.value),
+        effect.key,
+        effect.ce_id,
+        effect.ce_type,
+        effect.occurred_at,
+        orjson.dumps(effect.data),
+    )
+
+
+def _answer_record(effect: effects.Answer, topic_name: Callable[[str], str]) -> OutboxRecord:
+    from statemachine import ids  # noqa: PLC0415 - keeps the import graph flat
+
+    data = {
+        "tool_call_id": effect.tool_call_id,
+        "chat_id": effect.chat_id,
+        "tool": "create_workspace",
+        "is_error": effect.is_error,
+        "content": effect.content,
+    }
+    return OutboxRecord(
+        topic_name(effects.Topic.TOOL_RESULTS.value),
+        effect.chat_id,
+        ids.tool_result(effect.tool_call_id),
+        "chat.tool_result.v1",
+        effect.occurred_at,
+        orjson.dumps(data),
+    )
+
+
+class PostgresStateStore:
+    """
+    Own the connection pool and hand out one ``StateTransaction`` per batch.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, topic_name: Callable[[str], str]) -> None:
+        self._pool = pool
+        self._topic_name = topic_name
+
+    @classmethod
+    async def open(
+        cls, dsn: str, topic_name: Callable[[str], str], size: int = 8
+    ) -> PostgresStateStore:
+        """
+        Connect a pool to ``dsn``.
+        """
+        with errors.translated():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+            )
+        return cls(pool, topic_name)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """
+        Return the pool, for the relay and the timer scheduler.
+        """
+        return self._pool
+
+    async def close(self) -> None:
+        """
+        Close every connection.
+        """
+        with errors.translated():
+            await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StateTransaction]:
+        """
+        Run the block in one transaction; commit when it ends without error.
+        """
+        with errors.translated():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield StateTransaction(conn, self._topic_name)
+
+
+async def next_deadline(pool: asyncpg.Pool) -> datetime | None:
+    """
+    Return the earliest deadline of any chat, or None when no timer is set.
+    """
+    with errors.translated():
+        value: datetime | None = await pool.fetchval(sql("timers_next"))
+    return value

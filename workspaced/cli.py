@@ -1,0 +1,124 @@
+"""
+The ``workspaced`` command: migrate, run, simulate, dev and status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from consumers import kafka
+from storage import errors, migrate
+from workspaced import daemon, logs, settings, simulator, status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workspaced",
+        description="One live Coder workspace per AI chat, driven by Kafka, kept in PostgreSQL.",
+    )
+    parser.add_argument("--config", type=Path, help="a TOML settings file read after config/*.toml")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("run", help="run the daemon until SIGTERM")
+    sim = sub.add_parser("simulate", help="stand in for Coder's provisioner and agents")
+    _simulator_flags(sim)
+    dev = sub.add_parser(
+        "dev", help="embedded PostgreSQL and broker, then migrate, run and simulate together"
+    )
+    dev.add_argument("--demo", action="store_true", help="publish a few tool calls and show them")
+    dev.add_argument("--data-dir", type=Path, help="keep the embedded PostgreSQL data here")
+    _simulator_flags(dev)
+    stat = sub.add_parser("status", help="state counts and recent transitions")
+    stat.add_argument("--recent", type=int, default=15, help="how many transitions to show")
+    return parser
+
+
+def _simulator_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = simulator.SimulatorOptions()
+    for name, value in (
+        ("create-delay-s", defaults.create_delay_s),
+        ("job-step-s", defaults.job_step_s),
+        ("agent-connect-delay-s", defaults.agent_connect_delay_s),
+        ("heartbeat-interval-s", defaults.heartbeat_interval_s),
+        ("create-failure-rate", defaults.create_failure_rate),
+        ("build-failure-rate", defaults.build_failure_rate),
+        ("no-agent-rate", defaults.no_agent_rate),
+        ("never-connect-rate", defaults.never_connect_rate),
+        ("stop-rate", defaults.stop_rate),
+        ("delete-rate", defaults.delete_rate),
+    ):
+        parser.add_argument(f"--{name}", type=float, default=value, help=f"default {value}")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for repeatable runs")
+
+
+def _simulator_options(args: argparse.Namespace) -> simulator.SimulatorOptions:
+    return simulator.SimulatorOptions(
+        create_delay_s=args.create_delay_s,
+        job_step_s=args.job_step_s,
+        agent_connect_delay_s=args.agent_connect_delay_s,
+        heartbeat_interval_s=args.heartbeat_interval_s,
+        create_failure_rate=args.create_failure_rate,
+        build_failure_rate=args.build_failure_rate,
+        no_agent_rate=args.no_agent_rate,
+        never_connect_rate=args.never_connect_rate,
+        stop_rate=args.stop_rate,
+        delete_rate=args.delete_rate,
+        seed=args.seed,
+    )
+
+
+async def _simulate(conf: settings.Settings, options: simulator.SimulatorOptions) -> None:
+    import signal  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await kafka.ensure_topics(conf)
+    await simulator.CoderSimulator(conf, options).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the command line; return the exit status.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        conf = settings.load(args.config)
+    except settings.SettingsError as exc:
+        print(f"workspaced: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    logs.configure(conf.log_level, conf.log_format)
+    try:
+        return _dispatch(args, conf)
+    except (errors.StorageError, kafka.BrokerError, daemon.NotMigratedError) as exc:
+        logs.get("workspaced").error("command_failed", command=args.command, error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
+    dsn = conf.database_url.get_secret_value()
+    if args.command == "migrate":
+        applied = asyncio.run(migrate.migrate(dsn, daemon.settings_rows(conf)))
+        print(f"applied {applied}" if applied else "schema is up to date")  # noqa: T201
+    elif args.command == "run":
+        asyncio.run(daemon.run(conf))
+    elif args.command == "simulate":
+        asyncio.run(_simulate(conf, _simulator_options(args)))
+    elif args.command == "status":
+        print(asyncio.run(status.report(dsn, args.recent)))  # noqa: T201
+    elif args.command == "dev":
+        from workspaced import dev  # noqa: PLC0415 - starts services; only dev needs it
+
+        return dev.main(conf, _simulator_options(args), demo=args.demo, data_dir=args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

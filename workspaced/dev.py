@@ -1,0 +1,165 @@
+"""
+Run everything on one machine: embedded PostgreSQL and Tansu, the daemon and the simulator.
+
+A PostgreSQL or Kafka named in the environment (``WORKSPACED_DATABASE_URL``,
+``WORKSPACED_KAFKA_BOOTSTRAP_SERVERS``) is used instead of the embedded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from consumers import codec, kafka
+from storage import migrate
+from workspaced import daemon, logs, settings, simulator, status
+from workspaced.services import postgres, tansu
+
+log = logs.get(__name__)
+TEMPLATE_ID = "8a1b2c3d-4e5f-4a6b-9c7d-0e1f2a3b4c5d"
+OWNER_ID = "5f0c6d2a-9b1e-4c3d-8e7f-a1b2c3d4e5f6"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # noqa: T201
+
+
+async def _create_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def main(
+    conf: settings.Settings,
+    options: simulator.SimulatorOptions,
+    *,
+    demo: bool,
+    data_dir: Path | None,
+) -> int:
+    """
+    Start the services this machine lacks, then migrate, run and simulate until interrupted.
+    """
+    started: list[Any] = []
+    overrides: dict[str, Any] = {}
+    try:
+        if "WORKSPACED_DATABASE_URL" not in os.environ:
+            pg = postgres.start(data_dir)
+            started.append(pg)
+            asyncio.run(_create_database(pg.url, "workspaced"))
+            overrides["database_url"] = pg.database_url("workspaced")
+            _say(f"PostgreSQL  {pg.database_url('workspaced')}  (embedded, up in {pg.startup_s:.2f} s)")
+        if "WORKSPACED_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
+            broker = tansu.start()
+            started.append(broker)
+            overrides["kafka_bootstrap_servers"] = broker.bootstrap_servers
+            _say(f"Kafka       {broker.bootstrap_servers}  (embedded Tansu, up in {broker.startup_s:.2f} s)")
+        merged = settings.Settings(**{**conf.model_dump(), **overrides})
+        return asyncio.run(_dev(merged, options, demo=demo))
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+async def _dev(conf: settings.Settings, options: simulator.SimulatorOptions, *, demo: bool) -> int:
+    dsn = conf.database_url.get_secret_value()
+    applied = await migrate.migrate(dsn, daemon.settings_rows(conf))
+    _say(f"schema      {'applied ' + ', '.join(applied) if applied else 'up to date'}")
+    await kafka.ensure_topics(conf)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(daemon.run(conf, stop), name="daemon"),
+        asyncio.create_task(simulator.CoderSimulator(conf, options).run(stop), name="simulator"),
+    ]
+    if demo:
+        tasks.append(asyncio.create_task(_demo(conf, stop), name="demo"))
+    _say("workspaced  running; press Ctrl-C to stop\n")
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        log.error("dev_task_failed", error=str(failure))
+    del done
+    return 1 if failures else 0
+
+
+def _calls() -> list[tuple[str, str, dict[str, Any]]]:
+    """
+    Return (label, chat_id, tool call data) for the demo.
+    """
+    chats = {n: str(uuid.uuid4()) for n in ("alice", "bob", "carol", "dave", "erin")}
+
+    def call(chat: str, **arguments: Any) -> dict[str, Any]:
+        return {
+            "tool_call_id": f"call_{uuid.uuid4().hex[:12]}",
+            "chat_id": chats[chat],
+            "owner_id": OWNER_ID,
+            "tool": "create_workspace",
+            "arguments": {"template_id": TEMPLATE_ID, **arguments},
+            "template_name": "Python Dev",
+        }
+
+    return [
+        ("alice asks for 'dev'", chats["alice"], call("alice", name="dev")),
+        ("bob asks with no name", chats["bob"], call("bob")),
+        ("carol's build will fail", chats["carol"], call("carol", name="fail-fast")),
+        ("alice asks again (repeat)", chats["alice"], call("alice", name="dev")),
+        ("dave has no agent", chats["dave"], call("dave", name="noagent-box")),
+        ("erin gives a bad template", chats["erin"], call("erin", template_id="not-a-uuid")),
+    ]
+
+
+async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
+    calls = _calls()
+    names = {data["tool_call_id"]: label for label, _, data in calls}
+    producer = kafka.producer(conf, "workspaced-demo")
+    results = kafka.consumer(
+        conf, [conf.topic("tool_results")], client_id="workspaced-demo", group_id=f"demo-{uuid.uuid4()}"
+    )
+    await producer.start()
+    await results.start()
+    began = time.monotonic()
+    try:
+        for label, chat_id, data in calls:
+            headers = codec.encode_headers("demo-chat", str(uuid.uuid4()), "chat.tool_call.v1", datetime.now(UTC))
+            await producer.send_and_wait(
+                conf.topic("tool_calls"), orjson.dumps(data), key=chat_id.encode(), headers=headers
+            )
+            _say(f"→ tool call   {label}")
+        answered = 0
+        while answered < len(calls) and not stop.is_set() and time.monotonic() - began < 60:
+            batch = await results.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    result = orjson.loads(record.value)
+                    label = names.get(result["tool_call_id"], result["tool_call_id"])
+                    answered += 1
+                    elapsed = time.monotonic() - began
+                    _say(f"← result      {label} after {elapsed:.1f} s: {orjson.dumps(result['content']).decode()}")
+        _say("")
+        _say(await status.report(conf.database_url.get_secret_value(), 20))
+        _say("\nthe demo is done; the daemon keeps running (Ctrl-C to stop). "
+             "`workspaced status` shows the same tables.")
+    finally:
+        with contextlib.suppress(Exception):
+            await results.stop()
+            await producer.stop()
+        sys.stdout.flush()

@@ -1,0 +1,325 @@
+"""
+Apply a batch of decoded events in one PostgreSQL transaction.
+
+This is where the pure core meets storage: dedupe on the inbox, merge job
+updates and heartbeats, lock the chats involved, fold each chat's events
+through ``statemachine.decide`` and write the rows, history and outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from consumers import codec
+from statemachine import decide, effects, ids, jobs
+from statemachine import events as ev
+from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Timeouts
+from statemachine.states import State
+from storage import errors
+from storage.store import OutboxRecord, PostgresStateStore, StateTransaction
+from workspaced import logs
+
+log = logs.get(__name__)
+Item = codec.Inbound | codec.DeadLetter
+_NIL_OWNER = "00000000-0000-0000-0000-000000000000"
+_CONFLICT_RETRIES = 5
+
+
+def utcnow() -> datetime:
+    """
+    Return the current time, timezone-aware.
+    """
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """
+    Count what one batch did, for logs, metrics and the caller's wake-ups.
+    """
+
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    transitions: int = 0
+    outbox_written: int = 0
+    earliest_deadline: datetime | None = None
+    dead_letter_reasons: list[str] = field(default_factory=list)
+
+    def add(self, other: BatchReport) -> None:
+        """
+        Add another report's counts into this one.
+        """
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.transitions += other.transitions
+        self.outbox_written += other.outbox_written
+        self.dead_letter_reasons += other.dead_letter_reasons
+        if other.earliest_deadline is not None and (
+            self.earliest_deadline is None or other.earliest_deadline < self.earliest_deadline
+        ):
+            self.earliest_deadline = other.earliest_deadline
+
+
+class BatchHandler:
+    """
+    Turn batches of events into committed state, one transaction per batch.
+    """
+
+    def __init__(  # noqa: PLR0913 - the handler's collaborators
+        self,
+        store: PostgresStateStore,
+        timeouts: Timeouts,
+        *,
+        source: str,
+        dead_letter_topic: str,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._timeouts = timeouts
+        self._source = source
+        self._dead_letter_topic = dead_letter_topic
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    async def handle(self, items: Sequence[Item]) -> BatchReport:
+        """
+        Apply ``items`` atomically; isolate and dead-letter an item that cannot be applied.
+
+        Storage outages propagate (the caller retries without committing offsets).
+        """
+        try:
+            return await self._with_retries(items)
+        except errors.StorageUnavailableError:
+            raise
+        except errors.StorageError as exc:
+            if len(items) == 1:
+                return await self._dead_letter_poison(items[0], exc)
+            log.warning("batch_failed_splitting", size=len(items), error=str(exc))
+            report = BatchReport()
+            for item in items:
+                report.add(await self.handle([item]))
+            return report
+
+    async def _with_retries(self, items: Sequence[Item]) -> BatchReport:
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                async with self._store.transaction() as tx:
+                    return await self._apply(tx, items, self._clock())
+            except errors.ConflictError:
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    async def _dead_letter_poison(self, item: Item, exc: Exception) -> BatchReport:
+        record = item.record
+        reason = f"could not be applied: {exc}"
+        log.error(
+            "record_dead_lettered",
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        async with self._store.transaction() as tx:
+            await tx.add_outbox([self._dead_letter_record(codec.DeadLetter(reason, record))])
+        return BatchReport(dead_lettered=1, outbox_written=1, dead_letter_reasons=[reason])
+
+    async def fire_timers(self, limit: int = 500) -> tuple[int, datetime | None]:
+        """
+        Fire every due timer (claimed with SKIP LOCKED); return how many and the next deadline set.
+        """
+        async with self._store.transaction() as tx:
+            now = self._clock()
+            due = await tx.claim_due_timers(now, limit)
+            fired: list[tuple[str, ev.Event]] = [
+                (chat_id, ev.TimerFired(ids.derive("timer", chat_id, version), chat_id, version))
+                for chat_id, version in due
+            ]
+            report = await self._fold(tx, fired, {}, [], now)
+            return len(due), report.earliest_deadline
+
+    async def _apply(self, tx: StateTransaction, items: Sequence[Item], now: datetime) -> BatchReport:
+        dead = [i for i in items if isinstance(i, codec.DeadLetter)]
+        inbound = [i for i in items if isinstance(i, codec.Inbound)]
+        fresh, duplicates = await self._dedupe(tx, inbound)
+        beats = [i.event for i in fresh if isinstance(i.event, codec.HeartbeatReported)]
+        reports = [i.event for i in fresh if isinstance(i.event, codec.JobReported)]
+        waiting = await tx.record_heartbeats(_latest_beats(beats, now))
+        changed_jobs = await self._merge_jobs(tx, reports)
+        job_chats = await tx.chats_bound_to(j.job.workspace_id for j in changed_jobs)
+
+        per_chat: list[tuple[str, ev.Event]] = []
+        owners: dict[str, str] = {}
+        for item in fresh:
+            event = item.event
+            if isinstance(event, ev.ToolCall):
+                owners.setdefault(event.chat_id, event.owner_id)
+            if not isinstance(event, codec.HeartbeatReported | codec.JobReported):
+                per_chat.append((event.chat_id, event))
+        per_chat += [
+            (chat_id, change)
+            for chat_id, workspace_id in job_chats
+            for change in changed_jobs
+            if change.job.workspace_id == workspace_id
+        ]
+        seen_at = {b.agent_id: min(b.occurred_at, now) for b in beats}
+        per_chat += [
+            (chat_id, ev.AgentSeen(ids.derive("seen", agent_id, seen_at[agent_id]), agent_id, seen_at[agent_id]))
+            for chat_id, agent_id in waiting.items()
+        ]
+        dead_records = [self._dead_letter_record(d) for d in dead]
+        for d in dead:
+            log.warning(
+                "record_dead_lettered",
+                reason=d.reason,
+                topic=d.record.topic,
+                partition=d.record.partition,
+                offset=d.record.offset,
+            )
+        report = await self._fold(tx, per_chat, owners, dead_records, now)
+        report.applied = len(fresh)
+        report.duplicates = duplicates
+        report.dead_lettered = len(dead)
+        report.dead_letter_reasons = [d.reason for d in dead]
+        return report
+
+    async def _dedupe(
+        self, tx: StateTransaction, inbound: Sequence[codec.Inbound]
+    ) -> tuple[list[codec.Inbound], int]:
+        # Heartbeats are idempotent (last_seen_at only grows), so they skip the
+        # inbox: it would cost a row per heartbeat on the hottest path.
+        keyed: dict[tuple[str, str], codec.Inbound] = {}
+        fresh: list[codec.Inbound] = []
+        for item in inbound:
+            if isinstance(item.event, codec.HeartbeatReported):
+                fresh.append(item)
+            else:
+                keyed.setdefault((item.source, item.ce_id), item)
+        claimed = await tx.claim_inbox(list(keyed))
+        fresh += [item for key, item in keyed.items() if key in claimed]
+        order = {id(item): n for n, item in enumerate(inbound)}
+        fresh.sort(key=lambda item: order[id(item)])
+        return fresh, len(inbound) - len(fresh)
+
+    async def _merge_jobs(
+        self, tx: StateTransaction, reports: Sequence[codec.JobReported]
+    ) -> list[ev.JobChanged]:
+        if not reports:
+            return []
+        known = await tx.lock_jobs(r.job.job_id for r in reports)
+        changed: dict[str, ev.JobChanged] = {}
+        for report in reports:
+            merged = jobs.merge(known.get(report.job.job_id), report.job)
+            if merged is not None:
+                known[merged.job_id] = merged
+                changed[merged.job_id] = ev.JobChanged(report.event_id, merged)
+        await tx.save_jobs(c.job for c in changed.values())
+        return list(changed.values())
+
+    async def _fold(
+        self,
+        tx: StateTransaction,
+        per_chat: list[tuple[str, ev.Event]],
+        owners: dict[str, str],
+        extra: list[OutboxRecord],
+        now: datetime,
+    ) -> BatchReport:
+        chats = await tx.lock_chats((c for c, _ in per_chat), owners, now)
+        facts = await self._facts(tx, chats, per_chat)
+        ctx = decide.Context(now, facts, self._timeouts, self._rng)
+        done: list[effects.Effect] = []
+        changed: dict[str, ChatWorkspace] = {}
+        for chat_id, event in per_chat:
+            chat = chats.get(chat_id)
+            if chat is None:
+                if not isinstance(event, ev.InvalidToolCall):
+                    continue  # an answer about a chat we never asked for
+                chat = Chat(ChatWorkspace.new(chat_id, _NIL_OWNER, now))
+            decision = decide.decide(chat, event, ctx)
+            _remember_calls(facts, decision.effects)
+            done += decision.effects
+            if chat_id in chats and decision.chat.row != chat.row:
+                changed[chat_id] = decision.chat.row
+            chats[chat_id] = decision.chat
+        await tx.save(changed.values(), done, extra)
+        transitions = [e for e in done if isinstance(e, effects.RecordTransition)]
+        for t in transitions:
+            log.debug(
+                "transition_applied",
+                chat_id=t.chat_id,
+                from_state=t.from_state.value,
+                to_state=t.to_state.value,
+                trigger=t.trigger.value,
+                event_id=t.event_id,
+            )
+        return BatchReport(
+            transitions=len(transitions),
+            outbox_written=tx.outbox_written,
+            earliest_deadline=tx.earliest_deadline,
+        )
+
+    async def _facts(
+        self, tx: StateTransaction, chats: dict[str, Chat], per_chat: list[tuple[str, ev.Event]]
+    ) -> Facts:
+        rows = [c.row for c in chats.values()]
+        created = [e for _, e in per_chat if isinstance(e, ev.CreateAccepted)]
+        calls = [e.tool_call_id for _, e in per_chat if isinstance(e, ev.ToolCall | ev.InvalidToolCall)]
+        bound = [r for r in rows if r.state != State.NONE]
+        found_jobs, seen, latest, known = await tx.load_facts(
+            [r.job_id for r in bound if r.job_id] + [e.job_id for e in created],
+            [r.agent_id for r in bound if r.agent_id],
+            [r.workspace_id for r in bound if r.workspace_id] + [e.workspace_id for e in created],
+            calls,
+        )
+        return Facts(found_jobs, seen, latest, dict(known))
+
+    def _dead_letter_record(self, dead: codec.DeadLetter) -> OutboxRecord:
+        record = dead.record
+        headers = {name: value.decode(errors="replace") for name, value in record.headers}
+        headers |= {
+            "dlq_reason": dead.reason,
+            "dlq_topic": record.topic,
+            "dlq_partition": str(record.partition),
+            "dlq_offset": str(record.offset),
+        }
+        return OutboxRecord(
+            self._dead_letter_topic,
+            (record.key or b"").decode(errors="replace"),
+            ids.derive("dead_letter", record.topic, record.partition, record.offset),
+            "",
+            utcnow(),
+            record.value or b"",
+            headers,
+        )
+
+
+def _latest_beats(
+    beats: Sequence[codec.HeartbeatReported], now: datetime
+) -> dict[str, tuple[str, str | None, datetime]]:
+    latest: dict[str, tuple[str, str | None, datetime]] = {}
+    for beat in beats:
+        at = min(beat.occurred_at, now)  # an agent's clock ahead of ours is not the future
+        known = latest.get(beat.agent_id)
+        if known is None or at >= known[2]:
+            latest[beat.agent_id] = (beat.workspace_id, beat.lifecycle_state, at)
+    return latest
+
+
+def _remember_calls(facts: Facts, done: Sequence[effects.Effect]) -> None:
+    calls = facts.calls
+    assert isinstance(calls, dict)  # built as a dict in _facts, so the fold can update it
+    for effect in done:
+        if isinstance(effect, effects.Wait):
+            calls[effect.tool_call_id] = AnsweredCall(effect.tool_call_id, effect.chat_id, None)
+        elif isinstance(effect, effects.Answer):
+            answer = {"is_error": effect.is_error, "content": effect.content}
+            calls[effect.tool_call_id] = AnsweredCall(effect.tool_call_id, effect.chat_id, answer)
+

@@ -1,0 +1,212 @@
+"""
+Load the one typed settings object, from defaults up to environment variables.
+
+Order, later wins: defaults in this module, ``config/*.toml`` (sorted by
+name; the folder is ``$WORKSPACED_CONFIG_DIR`` or ``./config``), the
+``--config`` file, then ``WORKSPACED_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+TOPIC_NAMES = (
+    "tool_calls",
+    "tool_results",
+    "workspace_events",
+    "workspace_commands",
+    "workspace_command_results",
+    "provisioner_job_updates",
+    "agent_heartbeats",
+    "dead_letters",
+)
+
+
+class SettingsError(Exception):
+    """
+    Raise when settings are invalid; the message names every bad setting.
+    """
+
+
+class Settings(BaseSettings):
+    """
+    Hold every setting of workspaced, validated at start-up.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKSPACED_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # Where things are.
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/workspaced")
+    topic_prefix: str = ""
+    consumer_group: str = "workspaced"
+    source: str = Field("workspaced", min_length=1)
+
+    # Production Kafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    # Apache Kafka refuses sessions under group.min.session.timeout.ms (6 s by
+    # default); the embedded brokers allow shorter ones, which make joins fast.
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
+    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
+    topic_partitions: int = Field(8, ge=1, le=10_000)
+    topic_replication_factor: int = Field(1, ge=1, le=10)
+
+    # Timers (spec R6, R11) and their create-side companion.
+    build_timeout_seconds: PositiveSeconds = 600.0
+    agent_connect_timeout_seconds: PositiveSeconds = 120.0
+    agent_inactivity_timeout_seconds: PositiveSeconds = 30.0
+    create_timeout_seconds: PositiveSeconds = 120.0
+    timer_sweep_seconds: PositiveSeconds = 30.0
+    outbox_sweep_seconds: PositiveSeconds = 5.0
+
+    # Input handling.
+    max_record_bytes: int = Field(1_048_576, ge=1024)
+    batch_max_records: int = Field(1000, ge=1, le=100_000)
+    inbox_retention_hours: PositiveSeconds = 168.0
+    database_pool_size: int = Field(8, ge=2, le=200)
+
+    # Logs.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _servers_have_ports(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("must name at least one host:port")
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                msg = f"{server!r} is not host:port"
+                raise ValueError(msg)
+        return ",".join(servers)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_is_postgres(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in {"postgres", "postgresql"}:
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_legal(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """
+        Read environment, then the ``--config`` file, then ``config/*.toml``.
+        """
+        files = _config_files()
+        return (
+            env_settings,
+            init_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=files),
+        )
+
+    def topic(self, name: str) -> str:
+        """
+        Return the full name of a topic, prefix included.
+        """
+        defaults = {
+            "tool_calls": "chat.tool_calls",
+            "tool_results": "chat.tool_results",
+            "workspace_events": "chat.workspace_events",
+            "workspace_commands": "coder.workspace_commands",
+            "workspace_command_results": "coder.workspace_command_results",
+            "provisioner_job_updates": "coder.provisioner_job_updates",
+            "agent_heartbeats": "coder.agent_heartbeats",
+            "dead_letters": "workspaced.dead_letters",
+        }
+        return self.topic_prefix + defaults[name]
+
+    def safe_database_url(self) -> str:
+        """
+        Return the database URL with any password replaced by ``***``.
+        """
+        return redact_url(self.database_url.get_secret_value())
+
+
+def redact_url(url: str) -> str:
+    """
+    Replace the password of a URL by ``***`` so it can be logged.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_CONFIG_FILE: list[Path] = []
+
+
+def _config_files() -> list[Path]:
+    folder = Path(os.environ.get("WORKSPACED_CONFIG_DIR", "config"))
+    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    # TomlConfigSettingsSource merges later files over earlier ones.
+    return files + _CONFIG_FILE
+
+
+def load(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """
+    Build the settings, or raise ``SettingsError`` naming every bad setting.
+    """
+    _CONFIG_FILE.clear()
+    if config_file is not None:
+        if not config_file.is_file():
+            msg = f"invalid settings: --config {config_file}: no such file"
+            raise SettingsError(msg)
+        _CONFIG_FILE.append(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+    except ValueError as exc:  # a TOML file that does not parse
+        msg = f"invalid settings: {exc}"
+        raise SettingsError(msg) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """
+    Name each bad setting with its variable; never echo the bad value (it may be a secret).
+    """
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        variable = f"WORKSPACED_{name.upper()}"
+        lines.append(f"  {name} ({variable}): {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
