@@ -77,6 +77,8 @@ def producer(settings: Settings, client_id: str = "workspaced") -> aiokafka.AIOK
         enable_idempotence=False,
         linger_ms=2,
         max_batch_size=256 * 1024,
+        # Dead letters carry up to max_record_bytes of the original value.
+        max_request_size=max(settings.max_record_bytes + 65_536, 1_048_576),
         request_timeout_ms=30_000,
     )
 

@@ -155,3 +155,25 @@ async def running(conf: settings.Settings) -> AsyncIterator[RunningDaemon]:
     await d.start()
     yield d
     await d.halt()
+
+
+@pytest.fixture
+async def daemon_with(services: Services, database_url: str) -> AsyncIterator[Any]:
+    """
+    Start a daemon with overridden settings; returns (settings, bus) and stops both after.
+    """
+    started: list[tuple[RunningDaemon, Bus]] = []
+
+    async def start(**overrides: Any) -> tuple[settings.Settings, Bus]:
+        conf = test_settings(services, database_url, **overrides)
+        await kafka.ensure_topics(conf)
+        d = RunningDaemon(conf)
+        await d.start()
+        bus = await Bus(conf).__aenter__()
+        started.append((d, bus))
+        return conf, bus
+
+    yield start
+    for d, bus in started:
+        await bus.__aexit__(None, None, None)
+        await d.halt()

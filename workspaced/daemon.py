@@ -113,6 +113,7 @@ async def _serve(
         timeouts(settings),
         source=settings.source,
         dead_letter_topic=settings.topic("dead_letters"),
+        max_record_bytes=settings.max_record_bytes,
     )
     scheduler = TimerScheduler(store.pool, handler, settings.timer_sweep_seconds)
     relay = KafkaOutboxRelay(

@@ -78,6 +78,7 @@ class BatchHandler:
         *,
         source: str,
         dead_letter_topic: str,
+        max_record_bytes: int = 1_048_576,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
     ) -> None:
@@ -85,6 +86,7 @@ class BatchHandler:
         self._timeouts = timeouts
         self._source = source
         self._dead_letter_topic = dead_letter_topic
+        self._max_record_bytes = max_record_bytes
         self._clock = clock
         self._rng = rng or random.Random()
 
@@ -290,13 +292,18 @@ class BatchHandler:
             "dlq_partition": str(record.partition),
             "dlq_offset": str(record.offset),
         }
+        value = record.value or b""
+        if len(value) > self._max_record_bytes:
+            # Keep what can be published; the header says how much there was.
+            headers["dlq_original_bytes"] = str(len(value))
+            value = value[: self._max_record_bytes]
         return OutboxRecord(
             self._dead_letter_topic,
             (record.key or b"").decode(errors="replace"),
             ids.derive("dead_letter", record.topic, record.partition, record.offset),
             "",
             utcnow(),
-            record.value or b"",
+            value,
             headers,
         )
 
