@@ -229,3 +229,10 @@ class Bus:
     async def heartbeat(self, agent_id: str, workspace_id: str) -> None:
         data = {"agent_id": agent_id, "workspace_id": workspace_id, "lifecycle_state": "ready", "occurred_at": now_iso()}
         await self.publish("agent_heartbeats", agent_id, "coder.agent.heartbeat.v1", data)
+
+
+async def _wait_for_data(self: Bus, role: str, count: int, timeout_s: float = 20.0) -> list[Any]:
+    return [r.data for r in await self.wait_for(role, count=count, timeout_s=timeout_s)]
+
+
+Bus.wait_for_data = _wait_for_data  # type: ignore[attr-defined]

@@ -92,7 +92,7 @@ async def database_url(services: Services) -> AsyncIterator[str]:
         await conn.close()
 
 
-def test_settings(services: Services, database_url: str, **overrides: Any) -> settings.Settings:
+def make_settings(services: Services, database_url: str, **overrides: Any) -> settings.Settings:
     suffix = uuid.uuid4().hex[:10]
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -111,7 +111,7 @@ def test_settings(services: Services, database_url: str, **overrides: Any) -> se
 
 @pytest.fixture
 async def conf(services: Services, database_url: str) -> settings.Settings:
-    conf = test_settings(services, database_url)
+    conf = make_settings(services, database_url)
     await kafka.ensure_topics(conf)
     return conf
 
@@ -165,7 +165,7 @@ async def daemon_with(services: Services, database_url: str) -> AsyncIterator[An
     started: list[tuple[RunningDaemon, Bus]] = []
 
     async def start(**overrides: Any) -> tuple[settings.Settings, Bus]:
-        conf = test_settings(services, database_url, **overrides)
+        conf = make_settings(services, database_url, **overrides)
         await kafka.ensure_topics(conf)
         d = RunningDaemon(conf)
         await d.start()
