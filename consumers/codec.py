@@ -150,14 +150,16 @@ def _envelope(record: RawRecord) -> tuple[str, str, str, Any]:
     else:
         msg = f"unsupported content-type {content_type!r}"
         raise DecodeError(msg)
+    found: dict[str, str] = {}
     for name, attr in attrs.items():
         if not isinstance(attr, str) or not attr:
             msg = f"missing CloudEvents attribute {name}"
             raise DecodeError(msg)
-    if attrs["specversion"] != "1.0":
-        msg = f"unsupported CloudEvents specversion {attrs['specversion']!r}"
+        found[name] = attr
+    if found["specversion"] != "1.0":
+        msg = f"unsupported CloudEvents specversion {found['specversion']!r}"
         raise DecodeError(msg)
-    return attrs["source"], attrs["id"], attrs["type"], data
+    return found["source"], found["id"], found["type"], data
 
 
 def _json(value: bytes) -> Any:
@@ -205,7 +207,8 @@ def _decode(record: RawRecord, max_bytes: int) -> Inbound:
 def _tool_call(ce_id: str, data: dict[str, Any]) -> events.ToolCall | events.InvalidToolCall:
     ids = _validate(schemas.ToolCallIds, data)
     tool_call_id, chat_id = ids.tool_call_id, str(ids.chat_id)
-    tool = data.get("tool") if isinstance(data.get("tool"), str) else "create_workspace"
+    raw_tool = data.get("tool")
+    tool = raw_tool if isinstance(raw_tool, str) else "create_workspace"
     arguments = data.get("arguments")
     try:
         template_id = toolcalls.template_id(

@@ -124,7 +124,9 @@ class KafkaEventConsumer:
                 return False  # stopping: leave the offsets uncommitted
             return True
 
-    async def _commit(self, consumer: aiokafka.AIOKafkaConsumer, batch: dict[Any, list[Any]]) -> None:
+    async def _commit(
+        self, consumer: aiokafka.AIOKafkaConsumer, batch: dict[Any, list[Any]]
+    ) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             with kafka.translated():

@@ -26,13 +26,20 @@ class Outgoing(Protocol):
     One record to publish, as the outbox holds it.
     """
 
-    topic: str
-    key: str
-    ce_id: str
-    ce_type: str
-    ce_time: datetime
-    payload: bytes
-    headers: object
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def ce_id(self) -> str: ...
+    @property
+    def ce_type(self) -> str: ...
+    @property
+    def ce_time(self) -> datetime: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def headers(self) -> object: ...
 
 
 class Claimed(Protocol):
@@ -40,8 +47,10 @@ class Claimed(Protocol):
     An outbox row: its id and its record.
     """
 
-    id: int
-    record: Outgoing
+    @property
+    def id(self) -> int: ...
+    @property
+    def record(self) -> Outgoing: ...
 
 
 class OutboxSource(Protocol):
@@ -143,4 +152,3 @@ async def _first_of(*waits: object, timeout_s: float) -> None:
     finally:
         for task in tasks:
             task.cancel()
-

@@ -83,7 +83,7 @@ class _Outcome:
         }.get(state)
         return None if seconds is None else self.ctx.now + timedelta(seconds=seconds)
 
-    def move(  # noqa: PLR0913 - the facts of one transition
+    def move(
         self,
         to: State,
         trigger: Trigger,
@@ -141,16 +141,16 @@ class _Outcome:
                 data,
             )
 
-    def publish(
-        self, topic: effects.Topic, ce_type: str, ce_id: str, data: dict[str, Any]
-    ) -> None:
+    def publish(self, topic: effects.Topic, ce_type: str, ce_id: str, data: dict[str, Any]) -> None:
         self.effects.append(
             effects.Publish(topic, self.row.chat_id, ce_type, ce_id, self.ctx.now, data)
         )
 
     def wait(self, tool_call_id: str, event_id: str, *, creator: bool) -> None:
         self.waiters.append(Waiter(tool_call_id, creator))
-        self.effects.append(effects.Wait(tool_call_id, self.row.chat_id, creator, event_id, self.ctx.now))
+        self.effects.append(
+            effects.Wait(tool_call_id, self.row.chat_id, creator, event_id, self.ctx.now)
+        )
 
     def answer(self, tool_call_id: str, content: dict[str, Any], *, is_error: bool) -> None:
         self.effects.append(

@@ -99,4 +99,12 @@ class TimerFired:
     version: int
 
 
-Event = ToolCall | InvalidToolCall | CreateAccepted | CreateRejected | JobChanged | AgentSeen | TimerFired
+Event = (
+    ToolCall
+    | InvalidToolCall
+    | CreateAccepted
+    | CreateRejected
+    | JobChanged
+    | AgentSeen
+    | TimerFired
+)

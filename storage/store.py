@@ -53,7 +53,9 @@ class ClaimedRecord:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=orjson.loads, schema="pg_catalog", format="text")
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=orjson.loads, schema="pg_catalog", format="text"
+    )
 
 
 def _jsonb_encode(value: Any) -> str:
@@ -183,9 +185,7 @@ class StateTransaction:
         waiters: dict[str, list[Waiter]] = {}
         for w in waiting:
             waiters.setdefault(w["chat_id"], []).append(Waiter(w["tool_call_id"], w["creator"]))
-        return {
-            r["chat_id"]: Chat(_row(r), tuple(waiters.get(r["chat_id"], ()))) for r in rows
-        }
+        return {r["chat_id"]: Chat(_row(r), tuple(waiters.get(r["chat_id"], ()))) for r in rows}
 
     async def load_facts(
         self,
@@ -199,10 +199,15 @@ class StateTransaction:
         """
         conn = self._conn
         with errors.translated():
-            jobs = {r["job_id"]: _job(r) for r in await conn.fetch(sql("jobs_get"), list(set(job_ids)))}
+            jobs = {
+                r["job_id"]: _job(r) for r in await conn.fetch(sql("jobs_get"), list(set(job_ids)))
+            }
             more_agents = {j.agents[0].id for j in jobs.values() if j.agents}
             agents = list(set(agent_ids) | more_agents)
-            seen = {r["agent_id"]: r["last_seen_at"] for r in await conn.fetch(sql("agents_seen"), agents)}
+            seen = {
+                r["agent_id"]: r["last_seen_at"]
+                for r in await conn.fetch(sql("agents_seen"), agents)
+            }
             latest = {
                 r["workspace_id"]: _job(r)
                 for r in await conn.fetch(sql("latest_builds"), list(set(workspace_ids)))
@@ -223,7 +228,31 @@ class StateTransaction:
         Write changed rows and perform effects: history, waits, answers, outbox.
         """
         rows = [_row_args(c) for c in chats]
-        history, waits, answers, outbox = [], [], [], list(extra)
+        history, waits, answers, outbox = self._split(done)
+        outbox = [*extra, *outbox]
+        conn = self._conn
+        with errors.translated():
+            if rows:
+                await conn.executemany(sql("chats_save"), rows)
+            if history:
+                await conn.executemany(sql("transitions_record"), history)
+            if waits:
+                await conn.executemany(sql("calls_wait"), waits)
+            if answers:
+                await conn.executemany(sql("calls_answer"), answers)
+            if outbox:
+                await self.add_outbox(outbox)
+        for chat in rows:
+            deadline = chat[17]
+            if deadline is not None and (
+                self.earliest_deadline is None or deadline < self.earliest_deadline
+            ):
+                self.earliest_deadline = deadline
+
+    def _split(
+        self, done: Sequence[effects.Effect]
+    ) -> tuple[list[Any], list[Any], list[Any], list[OutboxRecord]]:
+        history, waits, answers, outbox = [], [], [], []
         for effect in done:
             match effect:
                 case effects.RecordTransition():
@@ -240,26 +269,13 @@ class StateTransaction:
                     )
                 case effects.Answer():
                     answer = {"is_error": effect.is_error, "content": effect.content}
-                    answers.append((effect.tool_call_id, effect.chat_id, effect.occurred_at, answer))
+                    answers.append(
+                        (effect.tool_call_id, effect.chat_id, effect.occurred_at, answer)
+                    )
                     outbox.append(_answer_record(effect, self._topic_name))
                 case effects.Publish():
                     outbox.append(_publish_record(effect, self._topic_name))
-        conn = self._conn
-        with errors.translated():
-            if rows:
-                await conn.executemany(sql("chats_save"), rows)
-            if history:
-                await conn.executemany(sql("transitions_record"), history)
-            if waits:
-                await conn.executemany(sql("calls_wait"), waits)
-            if answers:
-                await conn.executemany(sql("calls_answer"), answers)
-            if outbox:
-                await self.add_outbox(outbox)
-        for chat in rows:
-            deadline = chat[17]
-            if deadline is not None and (self.earliest_deadline is None or deadline < self.earliest_deadline):
-                self.earliest_deadline = deadline
+        return history, waits, answers, outbox
 
     async def add_outbox(self, records: Sequence[OutboxRecord]) -> None:
         """

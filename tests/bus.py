@@ -5,6 +5,7 @@ Talk to the daemon the way chat backends and Coder do: records on Kafka topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -58,7 +59,7 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
 
-    async def __aenter__(self) -> Bus:
+    async def __aenter__(self) -> Bus:  # noqa: PYI034 - Bus is final
         await self.producer.start()
         await self.reader.start()
         parts = [
@@ -105,12 +106,12 @@ class Bus:
                 msg = f"waited {timeout_s} s for {count} record(s) on {role}; found {len(found)}"
                 raise AssertionError(msg)
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
 
-    async def results_for(self, tool_call_id: str, count: int = 1, timeout_s: float = 20.0) -> list[Any]:
+    async def results_for(
+        self, tool_call_id: str, count: int = 1, timeout_s: float = 20.0
+    ) -> list[Any]:
         found = await self.wait_for(
             "tool_results", lambda r: r.data["tool_call_id"] == tool_call_id, count, timeout_s
         )
@@ -141,8 +142,13 @@ class Bus:
         ce_id = ce_id or new_id()
         if structured:
             envelope = {
-                "specversion": "1.0", "id": ce_id, "source": source, "type": ce_type,
-                "time": now_iso(), "datacontenttype": "application/json", "data": data,
+                "specversion": "1.0",
+                "id": ce_id,
+                "source": source,
+                "type": ce_type,
+                "time": now_iso(),
+                "datacontenttype": "application/json",
+                "data": data,
             }
             value = orjson.dumps(envelope)
             headers = [("content-type", b"application/cloudevents+json")]
@@ -178,7 +184,9 @@ class Bus:
         await self.publish("tool_calls", chat_id, "chat.tool_call.v1", data, ce_id=ce_id)
         return tool_call_id
 
-    async def created(self, command: dict[str, Any], *, name: str | None = None, ce_id: str | None = None) -> dict[str, str]:
+    async def created(
+        self, command: dict[str, Any], *, name: str | None = None, ce_id: str | None = None
+    ) -> dict[str, str]:
         ws = {
             "command_id": command["command_id"],
             "chat_id": command["chat_id"],
@@ -189,14 +197,26 @@ class Bus:
             "job_id": new_id(),
         }
         await self.publish(
-            "workspace_command_results", command["chat_id"], "coder.workspace.created.v1", ws, ce_id=ce_id
+            "workspace_command_results",
+            command["chat_id"],
+            "coder.workspace.created.v1",
+            ws,
+            ce_id=ce_id,
         )
         return ws
 
     async def create_failed(self, command: dict[str, Any], message: str, **extra: Any) -> None:
-        data = {"command_id": command["command_id"], "chat_id": command["chat_id"], "message": message, **extra}
+        data = {
+            "command_id": command["command_id"],
+            "chat_id": command["chat_id"],
+            "message": message,
+            **extra,
+        }
         await self.publish(
-            "workspace_command_results", command["chat_id"], "coder.workspace.create_failed.v1", data
+            "workspace_command_results",
+            command["chat_id"],
+            "coder.workspace.create_failed.v1",
+            data,
         )
 
     async def job(
@@ -223,11 +243,20 @@ class Bus:
         if error is not None:
             data["error"] = error
         return await self.publish(
-            "provisioner_job_updates", ws["workspace_id"], "coder.provisioner_job.updated.v1", data, ce_id=ce_id
+            "provisioner_job_updates",
+            ws["workspace_id"],
+            "coder.provisioner_job.updated.v1",
+            data,
+            ce_id=ce_id,
         )
 
     async def heartbeat(self, agent_id: str, workspace_id: str) -> None:
-        data = {"agent_id": agent_id, "workspace_id": workspace_id, "lifecycle_state": "ready", "occurred_at": now_iso()}
+        data = {
+            "agent_id": agent_id,
+            "workspace_id": workspace_id,
+            "lifecycle_state": "ready",
+            "occurred_at": now_iso(),
+        }
         await self.publish("agent_heartbeats", agent_id, "coder.agent.heartbeat.v1", data)
 
 

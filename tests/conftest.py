@@ -48,7 +48,7 @@ def services() -> Iterator[Services]:
             pg = postgres.start()
             started.append(pg)
             server_url = pg.url
-            print(f"\nPostgreSQL: embedded on {server_url} (up in {pg.startup_s:.2f} s)")  # noqa: T201
+            print(f"\nPostgreSQL: embedded on {server_url} (up in {pg.startup_s:.2f} s)")
         servers = os.environ.get("WORKSPACED_TEST_KAFKA_BOOTSTRAP_SERVERS")
         kind = "external"
         if servers is None:
@@ -56,7 +56,7 @@ def services() -> Iterator[Services]:
             broker = apache_kafka.start() if kind == "apache" else tansu.start()
             started.append(broker)
             servers = broker.bootstrap_servers
-            print(f"Kafka: {kind} on {servers} (up in {broker.startup_s:.2f} s)")  # noqa: T201
+            print(f"Kafka: {kind} on {servers} (up in {broker.startup_s:.2f} s)")
         services = Services(server_url, servers, kind)
         asyncio.run(_make_template(services))
         yield services

@@ -74,14 +74,19 @@ class Processes:
 
 
 @pytest.fixture
-async def procs(services: Services, database_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def procs(
+    services: Services, database_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
     made: list[tuple[Processes, Bus]] = []
 
     async def make(**overrides: Any) -> tuple[Processes, Bus, Settings]:
         conf = make_settings(services, database_url, **overrides)
         p = Processes(conf, tmp_path)
         result = subprocess.run(
-            [sys.executable, "-m", "workspaced.cli", "migrate"], env=_env(conf), capture_output=True, check=False
+            [sys.executable, "-m", "workspaced.cli", "migrate"],
+            env=_env(conf),
+            capture_output=True,
+            check=False,
         )
         assert result.returncode == 0, result.stderr.decode()
         from consumers import kafka  # noqa: PLC0415
@@ -111,7 +116,15 @@ async def test_the_happy_path_through_the_real_daemon_and_simulator_processes(
 ) -> None:
     p, bus, _ = await procs()
     daemon = p.start("run")
-    p.start("simulate", "--job-step-s", "0.1", "--agent-connect-delay-s", "0.1", "--heartbeat-interval-s", "1")
+    p.start(
+        "simulate",
+        "--job-step-s",
+        "0.1",
+        "--agent-connect-delay-s",
+        "0.1",
+        "--heartbeat-interval-s",
+        "1",
+    )
     good, failing = new_id(), new_id()
     call_good = await bus.tool_call(good, name="dev")
     call_fail = await bus.tool_call(failing, name="fail-me")
@@ -122,7 +135,10 @@ async def test_the_happy_path_through_the_real_daemon_and_simulator_processes(
     states = dict(await db.fetch("SELECT chat_id::text, state FROM chat_workspaces"))
     assert states == {good: "ready", failing: "failed"}
     status = subprocess.run(
-        [sys.executable, "-m", "workspaced.cli", "status"], env=_env(p.conf), capture_output=True, check=True
+        [sys.executable, "-m", "workspaced.cli", "status"],
+        env=_env(p.conf),
+        capture_output=True,
+        check=True,
     ).stdout.decode()
     assert "ready" in status and "agent_waiting" in status and "latest" in status
     daemon.send_signal(signal.SIGTERM)
@@ -136,10 +152,20 @@ async def test_two_instances_in_one_group_send_exactly_one_create_per_chat(
     p, bus, _ = await procs()
     p.start("run")
     p.start("run")
-    p.start("simulate", "--job-step-s", "0.05", "--agent-connect-delay-s", "0.05", "--heartbeat-interval-s", "1")
+    p.start(
+        "simulate",
+        "--job-step-s",
+        "0.05",
+        "--agent-connect-delay-s",
+        "0.05",
+        "--heartbeat-interval-s",
+        "1",
+    )
     await asyncio.sleep(3)  # let both instances join the group
     chats = [new_id() for _ in range(20)]
-    calls = await asyncio.gather(*(bus.tool_call(c, name=f"w{i}") for i, c in enumerate(chats) for _ in range(5)))
+    calls = await asyncio.gather(
+        *(bus.tool_call(c, name=f"w{i}") for i, c in enumerate(chats) for _ in range(5))
+    )
     for call in calls:
         assert len(await bus.results_for(call, timeout_s=60)) == 1
     await asyncio.sleep(1)
@@ -149,7 +175,9 @@ async def test_two_instances_in_one_group_send_exactly_one_create_per_chat(
     assert per_chat == dict.fromkeys(chats, 1)
     created = [r for r in bus.received["tool_results"] if r.data["content"].get("created") is True]
     assert len(created) == len(chats)
-    assert await db.fetchval("SELECT count(*) FROM chat_workspaces WHERE state = 'ready'") == len(chats)
+    assert await db.fetchval("SELECT count(*) FROM chat_workspaces WHERE state = 'ready'") == len(
+        chats
+    )
 
 
 async def test_a_daemon_killed_mid_build_loses_nothing_duplicates_nothing_and_its_timers_still_fire(
@@ -182,7 +210,9 @@ async def test_a_daemon_killed_mid_build_loses_nothing_duplicates_nothing_and_it
     assert len(set(ids)) == 2, "one result per call, though a record may repeat"
     assert len(bus.received["workspace_commands"]) == 2
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0
-    versions = await db.fetch("SELECT chat_id, count(*) AS n, max(version) AS v FROM workspace_transitions GROUP BY chat_id")
+    versions = await db.fetch(
+        "SELECT chat_id, count(*) AS n, max(version) AS v FROM workspace_transitions GROUP BY chat_id"
+    )
     assert all(r["n"] == r["v"] for r in versions), "every transition recorded once"
 
 
@@ -194,8 +224,13 @@ async def test_events_delivered_twice_and_out_of_order_end_in_the_same_state(
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
-    ws = {"command_id": command["command_id"], "chat_id": chat, "workspace_id": new_id(),
-          "build_id": new_id(), "job_id": new_id()}
+    ws = {
+        "command_id": command["command_id"],
+        "chat_id": chat,
+        "workspace_id": new_id(),
+        "build_id": new_id(),
+        "job_id": new_id(),
+    }
     agent = new_id()
     # Newest first, each twice with the same CloudEvent id.
     await bus.heartbeat(agent, ws["workspace_id"])
@@ -205,20 +240,32 @@ async def test_events_delivered_twice_and_out_of_order_end_in_the_same_state(
             await bus.job(ws, status, agents=[agent], ce_id=ce_id)
     created = ws | {"workspace_name": "dev", "owner_name": "alice"}
     for _ in range(2):
-        await bus.publish("workspace_command_results", chat, "coder.workspace.created.v1", created, ce_id="c-1")
+        await bus.publish(
+            "workspace_command_results", chat, "coder.workspace.created.v1", created, ce_id="c-1"
+        )
     (result,) = await bus.results_for(call, timeout_s=30)
     assert result["content"] == {"created": True, "workspace_name": "alice/dev"}
     await asyncio.sleep(1.5)
-    assert await db.fetchval("SELECT state FROM chat_workspaces WHERE chat_id = $1", chat) == "ready"
-    assert await db.fetchval("SELECT status FROM provisioner_jobs WHERE job_id = $1", ws["job_id"]) == "succeeded"
+    assert (
+        await db.fetchval("SELECT state FROM chat_workspaces WHERE chat_id = $1", chat) == "ready"
+    )
+    assert (
+        await db.fetchval("SELECT status FROM provisioner_jobs WHERE job_id = $1", ws["job_id"])
+        == "succeeded"
+    )
     assert len([r for r in bus.received["tool_results"] if r.data["tool_call_id"] == call]) == 1
 
 
 async def test_a_bad_setting_stops_the_start_with_a_message_naming_it(services: Services) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSPACED_")}
-    env |= {"WORKSPACED_BUILD_TIMEOUT_SECONDS": "-5", "WORKSPACED_KAFKA_BOOTSTRAP_SERVERS": "nohost",
-            "WORKSPACED_DATABASE_URL": "postgresql://u:hunter2@h/db"}
-    result = subprocess.run([sys.executable, "-m", "workspaced.cli", "run"], env=env, capture_output=True, check=False)
+    env |= {
+        "WORKSPACED_BUILD_TIMEOUT_SECONDS": "-5",
+        "WORKSPACED_KAFKA_BOOTSTRAP_SERVERS": "nohost",
+        "WORKSPACED_DATABASE_URL": "postgresql://u:hunter2@h/db",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workspaced.cli", "run"], env=env, capture_output=True, check=False
+    )
     err = result.stderr.decode()
     assert result.returncode == 2
     assert "build_timeout_seconds (WORKSPACED_BUILD_TIMEOUT_SECONDS)" in err

@@ -64,7 +64,9 @@ async def test_r4_r8_r9_r10_a_tool_call_creates_builds_and_answers_when_the_agen
     assert result["is_error"] is False
     assert result["content"] == {"created": True, "workspace_name": "alice/dev"}
     assert await _state(db, chat) == "ready"
-    states = [r.data["to_state"] for r in bus.events_for(chat) if r.ce_type.endswith("state_changed.v1")]
+    states = [
+        r.data["to_state"] for r in bus.events_for(chat) if r.ce_type.endswith("state_changed.v1")
+    ]
     assert states == ["creating", "building", "agent_waiting", "ready"]
     await bus.wait_for("workspace_events", lambda r: r.ce_type == "chat.workspace.ready.v1")
 
@@ -104,11 +106,15 @@ async def test_r2_an_invalid_name_seeds_a_generated_one_stored_before_the_comman
     (command,) = await bus.command_for(chat)
     assert command["name"].startswith("mydevbox-")
     assert len(command["name"]) == len("mydevbox-") + 4
-    stored = await db.fetchval("SELECT requested_name FROM chat_workspaces WHERE chat_id = $1", chat)
+    stored = await db.fetchval(
+        "SELECT requested_name FROM chat_workspaces WHERE chat_id = $1", chat
+    )
     assert stored == command["name"]
 
 
-async def test_r2_without_a_name_the_template_name_is_the_seed(bus: Bus, running: RunningDaemon) -> None:
+async def test_r2_without_a_name_the_template_name_is_the_seed(
+    bus: Bus, running: RunningDaemon
+) -> None:
     chat = new_id()
     await bus.tool_call(chat, template_name="Python Dev")
     (command,) = await bus.command_for(chat)
@@ -278,7 +284,9 @@ async def test_r7_a_successful_delete_build_unbinds_the_workspace(
     ws = await _build_until_ready(bus, chat, first)
     await bus.job(ws, "succeeded", transition="delete", job_id=new_id())
     await bus.wait_for("workspace_events", lambda r: r.data["to_state"] == "none")
-    row = await db.fetchrow("SELECT state, workspace_id FROM chat_workspaces WHERE chat_id = $1", chat)
+    row = await db.fetchrow(
+        "SELECT state, workspace_id FROM chat_workspaces WHERE chat_id = $1", chat
+    )
     assert row["state"] == "none"
     assert row["workspace_id"] is None
 
@@ -297,7 +305,9 @@ async def test_r9_a_canceled_build_fails_the_chat(bus: Bus, running: RunningDaem
     assert result["content"] == {"error": "workspace build failed: build was canceled"}
 
 
-async def test_r9_a_failed_build_without_an_error_says_build_failed(bus: Bus, running: RunningDaemon) -> None:
+async def test_r9_a_failed_build_without_an_error_says_build_failed(
+    bus: Bus, running: RunningDaemon
+) -> None:
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
@@ -316,7 +326,11 @@ async def test_r9_a_build_without_agents_is_ready_at_once_with_no_agent(
     ws = await bus.created(command)
     await bus.job(ws, "succeeded", agents=[])
     (result,) = await bus.results_for(call)
-    assert result["content"] == {"created": True, "workspace_name": "alice/dev", "agent_status": "no_agent"}
+    assert result["content"] == {
+        "created": True,
+        "workspace_name": "alice/dev",
+        "agent_status": "no_agent",
+    }
     assert await _state(db, chat) == "ready"
 
 
@@ -333,7 +347,9 @@ async def test_r9_an_agent_that_already_sent_a_heartbeat_makes_the_chat_ready_at
     await bus.job(ws, "succeeded", agents=[agent, other])
     (result,) = await bus.results_for(call)
     assert result["content"] == {"created": True, "workspace_name": "alice/dev"}
-    states = [r.data["to_state"] for r in bus.events_for(chat) if r.ce_type.endswith("state_changed.v1")]
+    states = [
+        r.data["to_state"] for r in bus.events_for(chat) if r.ce_type.endswith("state_changed.v1")
+    ]
     assert states == ["creating", "building", "ready"]
 
 
@@ -349,7 +365,9 @@ async def test_r11_a_build_that_takes_too_long_times_out_without_polling(
     (command,) = await bus.command_for(chat)
     await bus.created(command)
     (result,) = await bus.results_for(call, timeout_s=10)
-    assert result["content"] == {"error": "workspace build failed: timed out waiting for workspace build"}
+    assert result["content"] == {
+        "error": "workspace build failed: timed out waiting for workspace build"
+    }
     assert await _state(db, chat) == "failed"
 
 
@@ -387,8 +405,11 @@ async def test_r12_job_updates_and_heartbeats_before_the_workspace_is_bound_are_
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
     ws = {
-        "command_id": command["command_id"], "chat_id": chat, "workspace_id": new_id(),
-        "build_id": new_id(), "job_id": new_id(),
+        "command_id": command["command_id"],
+        "chat_id": chat,
+        "workspace_id": new_id(),
+        "build_id": new_id(),
+        "job_id": new_id(),
     }
     agent = new_id()
     await bus.job(ws, "succeeded", agents=[agent])
@@ -400,7 +421,9 @@ async def test_r12_job_updates_and_heartbeats_before_the_workspace_is_bound_are_
     assert result["content"] == {"created": True, "workspace_name": "alice/dev"}
 
 
-async def test_r12_a_job_never_moves_backwards(bus: Bus, running: RunningDaemon, db: asyncpg.Connection) -> None:
+async def test_r12_a_job_never_moves_backwards(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
@@ -410,7 +433,9 @@ async def test_r12_a_job_never_moves_backwards(bus: Bus, running: RunningDaemon,
     await bus.job(ws, "running")
     await bus.job(ws, "failed", error="late")
     await asyncio.sleep(1.0)
-    status = await db.fetchval("SELECT status FROM provisioner_jobs WHERE job_id = $1", ws["job_id"])
+    status = await db.fetchval(
+        "SELECT status FROM provisioner_jobs WHERE job_id = $1", ws["job_id"]
+    )
     assert status == "succeeded"
     assert await _state(db, chat) == "ready"
     assert len(bus.received["tool_results"]) == 1
@@ -431,7 +456,9 @@ async def test_r12_an_event_seen_before_changes_nothing_and_emits_nothing(
     await bus.results_for(call)
     await bus.job(ws, "failed", error="boom", ce_id="job-1")
     await asyncio.sleep(1.0)
-    transitions = await db.fetchval("SELECT count(*) FROM workspace_transitions WHERE chat_id = $1", chat)
+    transitions = await db.fetchval(
+        "SELECT count(*) FROM workspace_transitions WHERE chat_id = $1", chat
+    )
     assert transitions == version + 1  # creating, building, failed
     assert len(bus.received["workspace_events"]) == before + 2  # failed: state_changed + failed
     assert len(bus.received["tool_results"]) == 1
@@ -479,7 +506,9 @@ async def test_r15_undecodable_records_go_to_the_dead_letters_with_a_reason_and_
     _, bus = await daemon_with(max_record_bytes=4096)
     await bus.publish("tool_calls", "k1", "chat.tool_call.v1", None, value=b"{not json")
     await bus.publish("agent_heartbeats", "k2", "coder.unknown.v1", {"x": 1})
-    await bus.publish("provisioner_job_updates", "k3", "coder.provisioner_job.updated.v1", {"job_id": 5})
+    await bus.publish(
+        "provisioner_job_updates", "k3", "coder.provisioner_job.updated.v1", {"job_id": 5}
+    )
     await bus.publish("tool_calls", "k4", "chat.tool_call.v1", {"x": "y" * 10_000})
     dead = await bus.wait_for("dead_letters", count=4)
     reasons = {d.key: d.headers["dlq_reason"] for d in dead}
@@ -489,7 +518,12 @@ async def test_r15_undecodable_records_go_to_the_dead_letters_with_a_reason_and_
     assert "over the limit" in reasons["k4"]
     assert dead[-1].headers["dlq_original_bytes"] == str(len(b'{"x":""}') + 10_000)
     assert len(dead[-1].value) == 4096  # kept up to the limit, so the relay can publish it
-    assert all(d.headers["dlq_topic"].endswith(("tool_calls", "agent_heartbeats", "provisioner_job_updates")) for d in dead)
+    assert all(
+        d.headers["dlq_topic"].endswith(
+            ("tool_calls", "agent_heartbeats", "provisioner_job_updates")
+        )
+        for d in dead
+    )
     assert all("dlq_partition" in d.headers and "dlq_offset" in d.headers for d in dead)
     call = await bus.tool_call(new_id(), template_id="")
     assert len(await bus.results_for(call)) == 1
@@ -509,8 +543,11 @@ async def test_r15_a_tool_call_with_readable_ids_but_bad_arguments_gets_an_error
 async def test_structured_mode_cloudevents_are_accepted(bus: Bus, running: RunningDaemon) -> None:
     chat = new_id()
     data = {
-        "tool_call_id": "structured-1", "chat_id": chat, "owner_id": new_id(),
-        "tool": "create_workspace", "arguments": {"template_id": ""},
+        "tool_call_id": "structured-1",
+        "chat_id": chat,
+        "owner_id": new_id(),
+        "tool": "create_workspace",
+        "arguments": {"template_id": ""},
     }
     await bus.publish("tool_calls", chat, "chat.tool_call.v1", data, structured=True)
     (result,) = await bus.results_for("structured-1")

@@ -10,6 +10,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import aiokafka
+
 from consumers import codec, kafka
 from consumers.inbound import KafkaEventConsumer
 from consumers.relay import KafkaOutboxRelay
@@ -106,7 +108,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 async def _serve(
-    settings: Settings, store: PostgresStateStore, producer: object, stop: asyncio.Event
+    settings: Settings,
+    store: PostgresStateStore,
+    producer: aiokafka.AIOKafkaProducer,
+    stop: asyncio.Event,
 ) -> None:
     handler = BatchHandler(
         store,
@@ -118,7 +123,7 @@ async def _serve(
     scheduler = TimerScheduler(store.pool, handler, settings.timer_sweep_seconds)
     relay = KafkaOutboxRelay(
         PostgresOutbox(store.pool, settings.database_url.get_secret_value()),
-        producer,  # type: ignore[arg-type]
+        producer,
         settings.source,
         settings.outbox_sweep_seconds,
     )

@@ -62,12 +62,14 @@ def main(
             started.append(pg)
             asyncio.run(_create_database(pg.url, "workspaced"))
             overrides["database_url"] = pg.database_url("workspaced")
-            _say(f"PostgreSQL  {pg.database_url('workspaced')}  (embedded, up in {pg.startup_s:.2f} s)")
+            url = pg.database_url("workspaced")
+            _say(f"PostgreSQL  {url}  (embedded, up in {pg.startup_s:.2f} s)")
         if "WORKSPACED_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
             broker = tansu.start()
             started.append(broker)
             overrides["kafka_bootstrap_servers"] = broker.bootstrap_servers
-            _say(f"Kafka       {broker.bootstrap_servers}  (embedded Tansu, up in {broker.startup_s:.2f} s)")
+            up = f"embedded Tansu, up in {broker.startup_s:.2f} s"
+            _say(f"Kafka       {broker.bootstrap_servers}  ({up})")
         merged = settings.Settings(**{**conf.model_dump(), **overrides})
         return asyncio.run(_dev(merged, options, demo=demo))
     finally:
@@ -132,14 +134,19 @@ async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
     names = {data["tool_call_id"]: label for label, _, data in calls}
     producer = kafka.producer(conf, "workspaced-demo")
     results = kafka.consumer(
-        conf, [conf.topic("tool_results")], client_id="workspaced-demo", group_id=f"demo-{uuid.uuid4()}"
+        conf,
+        [conf.topic("tool_results")],
+        client_id="workspaced-demo",
+        group_id=f"demo-{uuid.uuid4()}",
     )
     await producer.start()
     await results.start()
     began = time.monotonic()
     try:
         for label, chat_id, data in calls:
-            headers = codec.encode_headers("demo-chat", str(uuid.uuid4()), "chat.tool_call.v1", datetime.now(UTC))
+            headers = codec.encode_headers(
+                "demo-chat", str(uuid.uuid4()), "chat.tool_call.v1", datetime.now(UTC)
+            )
             await producer.send_and_wait(
                 conf.topic("tool_calls"), orjson.dumps(data), key=chat_id.encode(), headers=headers
             )
@@ -153,11 +160,14 @@ async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
                     label = names.get(result["tool_call_id"], result["tool_call_id"])
                     answered += 1
                     elapsed = time.monotonic() - began
-                    _say(f"← result      {label} after {elapsed:.1f} s: {orjson.dumps(result['content']).decode()}")
+                    content = orjson.dumps(result["content"]).decode()
+                    _say(f"← result      {label} after {elapsed:.1f} s: {content}")
         _say("")
         _say(await status.report(conf.database_url.get_secret_value(), 20))
-        _say("\nthe demo is done; the daemon keeps running (Ctrl-C to stop). "
-             "`workspaced status` shows the same tables.")
+        _say(
+            "\nthe demo is done; the daemon keeps running (Ctrl-C to stop). "
+            "`workspaced status` shows the same tables."
+        )
     finally:
         with contextlib.suppress(Exception):
             await results.stop()

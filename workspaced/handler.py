@@ -148,7 +148,9 @@ class BatchHandler:
             report = await self._fold(tx, fired, {}, [], now)
             return len(due), report.earliest_deadline
 
-    async def _apply(self, tx: StateTransaction, items: Sequence[Item], now: datetime) -> BatchReport:
+    async def _apply(
+        self, tx: StateTransaction, items: Sequence[Item], now: datetime
+    ) -> BatchReport:
         dead = [i for i in items if isinstance(i, codec.DeadLetter)]
         inbound = [i for i in items if isinstance(i, codec.Inbound)]
         fresh, duplicates = await self._dedupe(tx, inbound)
@@ -174,7 +176,12 @@ class BatchHandler:
         ]
         seen_at = {b.agent_id: min(b.occurred_at, now) for b in beats}
         per_chat += [
-            (chat_id, ev.AgentSeen(ids.derive("seen", agent_id, seen_at[agent_id]), agent_id, seen_at[agent_id]))
+            (
+                chat_id,
+                ev.AgentSeen(
+                    ids.derive("seen", agent_id, seen_at[agent_id]), agent_id, seen_at[agent_id]
+                ),
+            )
             for chat_id, agent_id in waiting.items()
         ]
         dead_records = [self._dead_letter_record(d) for d in dead]
@@ -273,7 +280,9 @@ class BatchHandler:
     ) -> Facts:
         rows = [c.row for c in chats.values()]
         created = [e for _, e in per_chat if isinstance(e, ev.CreateAccepted)]
-        calls = [e.tool_call_id for _, e in per_chat if isinstance(e, ev.ToolCall | ev.InvalidToolCall)]
+        calls = [
+            e.tool_call_id for _, e in per_chat if isinstance(e, ev.ToolCall | ev.InvalidToolCall)
+        ]
         bound = [r for r in rows if r.state != State.NONE]
         found_jobs, seen, latest, known = await tx.load_facts(
             [r.job_id for r in bound if r.job_id] + [e.job_id for e in created],
@@ -322,11 +331,11 @@ def _latest_beats(
 
 def _remember_calls(facts: Facts, done: Sequence[effects.Effect]) -> None:
     calls = facts.calls
-    assert isinstance(calls, dict)  # built as a dict in _facts, so the fold can update it
+    if not isinstance(calls, dict):  # built as a dict in _facts, so the fold can update it
+        raise TypeError("facts.calls must be a dict")
     for effect in done:
         if isinstance(effect, effects.Wait):
             calls[effect.tool_call_id] = AnsweredCall(effect.tool_call_id, effect.chat_id, None)
         elif isinstance(effect, effects.Answer):
             answer = {"is_error": effect.is_error, "content": effect.content}
             calls[effect.tool_call_id] = AnsweredCall(effect.tool_call_id, effect.chat_id, answer)
-

@@ -13,6 +13,7 @@ tests can ask for one: ``reject`` (create refused), ``fail`` (build fails),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import random
@@ -186,12 +187,18 @@ class CoderSimulator:
             return
         self._job(job, "succeeded", 2 * step, agents=agents)
         if not no_agent and "lost" not in name and rng.random() >= opts.never_connect_rate:
-            self._later(2 * step + opts.agent_connect_delay_s, lambda: self._heartbeat(agent_id, workspace_id))
+            self._later(
+                2 * step + opts.agent_connect_delay_s,
+                lambda: self._heartbeat(agent_id, workspace_id),
+            )
         follow = "stop" if "stop" in name or rng.random() < opts.stop_rate else None
         if "delete" in name or rng.random() < opts.delete_rate:
             follow = "delete"
         if follow:
-            self._later(3 * step + opts.agent_connect_delay_s, lambda: self._follow_up(job, follow, agent_id))
+            self._later(
+                3 * step + opts.agent_connect_delay_s,
+                lambda: self._follow_up(job, follow, agent_id),
+            )
 
     def _follow_up(self, start: dict[str, Any], transition: str, agent_id: str) -> None:
         job = {
@@ -208,7 +215,12 @@ class CoderSimulator:
     def _job(self, job: dict[str, Any], status: str, delay_s: float, **extra: Any) -> None:
         def emit() -> None:
             data = {**job, "status": status, "occurred_at": _now(), **extra}
-            self._emit("provisioner_job_updates", job["workspace_id"], "coder.provisioner_job.updated.v1", data)
+            self._emit(
+                "provisioner_job_updates",
+                job["workspace_id"],
+                "coder.provisioner_job.updated.v1",
+                data,
+            )
 
         self._later(delay_s, emit)
 
@@ -238,20 +250,23 @@ class CoderSimulator:
                 await self._flush(producer)
             sleep_s = 0.5 if not self._heap else max(0.0, self._heap[0].at - loop.time())
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(sleep_s, 0.5))
-            except TimeoutError:
-                pass
 
     async def _flush(self, producer: Any) -> None:
         pending, self._pending = self._pending, []
         futures = []
         with kafka.translated():
             for role, key, ce_type, data in pending:
-                headers = codec.encode_headers(SOURCE, str(uuid.uuid4()), ce_type, datetime.now(UTC))
+                headers = codec.encode_headers(
+                    SOURCE, str(uuid.uuid4()), ce_type, datetime.now(UTC)
+                )
                 futures.append(
                     await producer.send(
-                        self._settings.topic(role), orjson.dumps(data), key=key.encode(), headers=headers
+                        self._settings.topic(role),
+                        orjson.dumps(data),
+                        key=key.encode(),
+                        headers=headers,
                     )
                 )
             await asyncio.gather(*futures)

@@ -53,8 +53,14 @@ async def report(dsn: str, recent: int = 15) -> str:
         table(
             ["chat", "from", "to", "trigger", "at", "detail"],
             [
-                (r["chat_id"][:8], r["from_state"], r["to_state"], r["trigger"], r["occurred_at"],
-                 _detail(r["detail"]))
+                (
+                    r["chat_id"][:8],
+                    r["from_state"],
+                    r["to_state"],
+                    r["trigger"],
+                    r["occurred_at"],
+                    _detail(r["detail"]),
+                )
                 for r in latest
             ],
         )

@@ -97,8 +97,16 @@ def start(*, timeout_s: float = 90.0) -> EmbeddedBroker:
     jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
     try:
         subprocess.run(  # noqa: S603 - argv built here
-            [*jvm, "kafka.tools.StorageTool", "format", "--standalone", "-t",
-             _cluster_id(), "-c", str(props)],
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(props),
+            ],
             check=True,
             capture_output=True,
             timeout=timeout_s,
@@ -107,8 +115,16 @@ def start(*, timeout_s: float = 90.0) -> EmbeddedBroker:
         output = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")
         msg = f"formatting Kafka storage failed: {exc}\n{output}"
         raise process.ServiceError(msg) from exc
-    argv = [java, "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            *jvm[1:], "kafka.Kafka", str(props)]
+    argv = [
+        java,
+        "-Xms64m",
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        *jvm[1:],
+        "kafka.Kafka",
+        str(props),
+    ]
     proc = process.ManagedProcess.start(
         "kafka", argv, log_path=base / "kafka.out", stop_signal=signal.SIGTERM
     )

@@ -35,6 +35,7 @@ def _bin_dir() -> Path:
         raise process.ServiceError(msg)
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
+
 # Throwaway data: durability costs time and buys nothing here.
 _SERVER_SETTINGS = {
     "fsync": "off",

@@ -144,5 +144,6 @@ def wait_for_port(process: ManagedProcess, host: str, port: int, timeout_s: floa
             return
         time.sleep(0.05)
     process.stop()
-    msg = f"{process.name} did not listen on {host}:{port} within {timeout_s:.0f} s:\n{process.log_tail()}"
+    msg = f"{process.name} did not listen on {host}:{port} within {timeout_s:.0f} s"
+    msg += f":\n{process.log_tail()}"
     raise ServiceError(msg)

@@ -1,0 +1,3 @@
+"""
+workspaced: one live Coder workspace per AI chat.
+"""

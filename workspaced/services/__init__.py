@@ -1,0 +1,3 @@
+"""
+The services the project starts itself: embedded PostgreSQL, Tansu, Apache Kafka.
+"""
