@@ -67,7 +67,12 @@ def main(
         if "WORKSPACED_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
             broker = tansu.start()
             started.append(broker)
-            overrides["kafka_bootstrap_servers"] = broker.bootstrap_servers
+            # Tansu makes a consumer wait about half the session timeout to join.
+            overrides |= {
+                "kafka_bootstrap_servers": broker.bootstrap_servers,
+                "kafka_session_timeout_ms": 2000,
+                "kafka_heartbeat_interval_ms": 300,
+            }
             up = f"embedded Tansu, up in {broker.startup_s:.2f} s"
             _say(f"Kafka       {broker.bootstrap_servers}  ({up})")
         merged = settings.Settings(**{**conf.model_dump(), **overrides})
