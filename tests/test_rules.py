@@ -553,3 +553,17 @@ async def test_structured_mode_cloudevents_are_accepted(bus: Bus, running: Runni
     await bus.publish("tool_calls", chat, "chat.tool_call.v1", data, structured=True)
     (result,) = await bus.results_for("structured-1")
     assert result["is_error"] is True
+
+
+async def test_r15_a_record_that_cannot_be_applied_is_dead_lettered_and_the_rest_of_its_batch_applies(
+    bus: Bus, running: RunningDaemon
+) -> None:
+    chat = new_id()
+    poison = await bus.tool_call(
+        chat, tool_call_id="nul\u0000byte", name="dev"
+    )  # PostgreSQL text has no NUL
+    good = await bus.tool_call(new_id(), template_id="")
+    (dead,) = await bus.wait_for("dead_letters")
+    assert dead.headers["dlq_reason"].startswith("could not be applied:")
+    assert dead.data["tool_call_id"] == poison
+    assert len(await bus.results_for(good)) == 1

@@ -95,12 +95,14 @@ class BatchHandler:
         Apply ``items`` atomically; isolate and dead-letter an item that cannot be applied.
 
         Storage outages propagate (the caller retries without committing offsets).
+        Anything else, a bug included, rolls the batch back; the batch is then
+        applied item by item and the item that still fails is dead-lettered.
         """
         try:
             return await self._with_retries(items)
         except errors.StorageUnavailableError:
             raise
-        except errors.StorageError as exc:
+        except Exception as exc:  # noqa: BLE001 - one poison record must not stop the stream
             if len(items) == 1:
                 return await self._dead_letter_poison(items[0], exc)
             log.warning("batch_failed_splitting", size=len(items), error=str(exc))
