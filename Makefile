@@ -44,9 +44,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Regenerate docs/state-diagram.md from the transition table.
+## Regenerate docs/state-diagram.md and docs/schemas from the code.
 docs: $(STAMP)
 	$(BIN)/python -m statemachine.diagram > docs/state-diagram.md
+	$(BIN)/python docs/generate_schemas.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

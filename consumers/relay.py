@@ -8,7 +8,7 @@ out leadership), so records of one key are never published out of order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -58,9 +58,11 @@ class OutboxSource(Protocol):
     The port the relay reads from; storage provides the PostgreSQL adapter.
     """
 
-    def leadership(self, wake: asyncio.Event) -> AbstractAsyncContextManager[None]:
+    def leadership(self, wake: asyncio.Event) -> AbstractAsyncContextManager[Callable[[], bool]]:
         """
         Wait until this instance leads the relay; set ``wake`` when rows are added.
+
+        The context gives a lease: a callable that says whether the lead still holds.
         """
 
     async def fetch(self, limit: int) -> Sequence[Claimed]:
@@ -97,22 +99,33 @@ class KafkaOutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """
         Publish until ``stop`` is set; a batch already sent is finished first.
+
+        Losing the database or the lease ends the lead; the relay pauses and
+        asks for it again, so a broken connection never stops the daemon.
         """
-        async with self._source.leadership(self.wake):
-            log.info("relay_leading")
-            while not stop.is_set():
-                try:
-                    sent = await self.publish_once()
-                except kafka.BrokerError as exc:
-                    log.warning("relay_publish_failed", error=str(exc))
-                    await _sleep_or_stop(stop, 1.0)
-                    continue
-                if sent:
-                    continue
-                self.empty.set()
-                self.wake.clear()
-                await _first_of(stop.wait(), self.wake.wait(), timeout_s=self._sweep_s)
-                self.empty.clear()
+        while not stop.is_set():
+            try:
+                async with self._source.leadership(self.wake) as lease:
+                    log.info("relay_leading")
+                    await self._lead(lease, stop)
+            except Exception as exc:  # noqa: BLE001 - storage trouble: lead again after a pause
+                log.warning("relay_interrupted", error=str(exc))
+                await _sleep_or_stop(stop, 1.0)
+
+    async def _lead(self, lease: Callable[[], bool], stop: asyncio.Event) -> None:
+        while not stop.is_set() and lease():
+            try:
+                sent = await self.publish_once()
+            except kafka.BrokerError as exc:
+                log.warning("relay_publish_failed", error=str(exc))
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            if sent:
+                continue
+            self.empty.set()
+            self.wake.clear()
+            await _first_of(stop.wait(), self.wake.wait(), timeout_s=self._sweep_s)
+            self.empty.clear()
 
     async def publish_once(self, limit: int = 1000) -> int:
         """

@@ -46,7 +46,7 @@ def mermaid() -> str:
             dest.value,
             conditions=[condition] if condition else None,
         )
-    source = str(machine.model.get_graph().draw(None))
+    source = str(machine.model.get_graph().draw(None))  # type: ignore[attr-defined]
     # transitions writes a bare title between '---' lines; mermaid wants 'title:'.
     return source.replace("---\nState Machine\n---", "---\ntitle: workspaced chat workspace\n---")
 

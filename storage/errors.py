@@ -28,6 +28,13 @@ class ConflictError(StorageError):
     """
 
 
+# SQLSTATE classes that say "not now" rather than "never": connection
+# exceptions, insufficient resources, operator intervention (shutdown, cannot
+# connect now), and object-not-in-prerequisite-state (database not accepting
+# connections).
+_UNAVAILABLE_CLASSES = ("08", "53", "57P", "55000")
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """
@@ -37,9 +44,11 @@ def translated() -> Iterator[None]:
         yield
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise ConflictError(str(exc)) from exc
-    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
-        raise StorageUnavailableError(str(exc) or type(exc).__name__) from exc
     except asyncpg.PostgresError as exc:
+        if (exc.sqlstate or "").startswith(_UNAVAILABLE_CLASSES):
+            raise StorageUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+    except (OSError, TimeoutError, asyncpg.ConnectionDoesNotExistError) as exc:
+        raise StorageUnavailableError(str(exc) or type(exc).__name__) from exc
     except asyncpg.InterfaceError as exc:
         raise StorageError(str(exc)) from exc

@@ -54,9 +54,17 @@ async def _migrate(conn: asyncpg.Connection, settings_rows: dict[str, float]) ->
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             applied_now.append(version)
         if settings_rows:
-            await conn.executemany(
-                "INSERT INTO workspaced_settings (name, value) VALUES ($1, $2) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                list(settings_rows.items()),
-            )
+            await record_settings(conn, settings_rows)
     return applied_now
+
+
+async def record_settings(conn: asyncpg.Connection | asyncpg.Pool, rows: dict[str, float]) -> None:
+    """
+    Keep ``workspaced_settings`` (read by the dashboard views) equal to the running settings.
+    """
+    with errors.translated():
+        await conn.executemany(
+            "INSERT INTO workspaced_settings (name, value) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            list(rows.items()),
+        )

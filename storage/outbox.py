@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ class PostgresOutbox:
         self._dsn = dsn
 
     @contextlib.asynccontextmanager
-    async def leadership(self, wake: asyncio.Event) -> AsyncIterator[None]:
+    async def leadership(self, wake: asyncio.Event) -> AsyncIterator[Callable[[], bool]]:
         """
         Hold the relay lock for as long as the block runs.
         """
@@ -47,7 +47,8 @@ class PostgresOutbox:
                 while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_KEY):  # noqa: ASYNC110
                     await asyncio.sleep(1.0)
             wake.set()
-            yield
+            # The lock lives as long as this connection: lose one, lose both.
+            yield lambda: not conn.is_closed()
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()

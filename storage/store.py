@@ -9,6 +9,7 @@ overlapping sets of chats wait for each other instead of deadlocking.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -400,6 +401,17 @@ class PostgresStateStore:
         Return the pool, for the relay and the timer scheduler.
         """
         return self._pool
+
+    async def healthy(self, timeout_s: float = 2.0) -> bool:
+        """
+        Tell whether PostgreSQL answers a trivial query now.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._pool.fetchval("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return False
+        return True
 
     async def close(self) -> None:
         """

@@ -567,3 +567,31 @@ async def test_r15_a_record_that_cannot_be_applied_is_dead_lettered_and_the_rest
     assert dead.headers["dlq_reason"].startswith("could not be applied:")
     assert dead.data["tool_call_id"] == poison
     assert len(await bus.results_for(good)) == 1
+
+
+# R16 -----------------------------------------------------------------------
+
+
+async def test_r16_while_postgresql_refuses_connections_nothing_is_acknowledged_or_lost(
+    bus: Bus, running: RunningDaemon, services: Any, database_url: str
+) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    warmup = await bus.tool_call(new_id(), template_id="")
+    await bus.results_for(warmup)  # the daemon is up and connected
+    admin = await asyncpg.connect(services.server_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        call = await bus.tool_call(new_id(), template_id="")
+        await asyncio.sleep(2.0)
+        assert [r for r in bus.received["tool_results"] if r.data["tool_call_id"] == call] == []
+        assert bus.received["dead_letters"] == [], "an outage is not the record's fault"
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        (result,) = await bus.results_for(call, timeout_s=30)
+        assert result["is_error"] is True
+        assert running.task is not None and not running.task.done(), "the daemon went on"
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()

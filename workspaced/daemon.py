@@ -98,6 +98,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     producer = kafka.producer(settings, "workspaced-relay")
     try:
         await _check_schema(store)
+        await migrate.record_settings(store.pool, settings_rows(settings))
         with kafka.translated():
             await producer.start()
         await _serve(settings, store, producer, stop)

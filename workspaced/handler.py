@@ -102,7 +102,10 @@ class BatchHandler:
             return await self._with_retries(items)
         except errors.StorageUnavailableError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one poison record must not stop the stream
+        except Exception as exc:  # one poison record must not stop the stream
+            if not await self._store.healthy():
+                # Not the records' fault: retry the batch later, dead-letter nothing.
+                raise errors.StorageUnavailableError(str(exc)) from exc
             if len(items) == 1:
                 return await self._dead_letter_poison(items[0], exc)
             log.warning("batch_failed_splitting", size=len(items), error=str(exc))

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from storage import store
+from storage import errors, store
 from workspaced import logs
 from workspaced.handler import BatchHandler, utcnow
 
@@ -52,20 +52,29 @@ class TimerScheduler:
             self._target = deadline
             self._wake.set()
 
+    async def _fire_due(self) -> None:
+        while True:
+            fired, nearer = await self._handler.fire_timers()
+            self.fired += fired
+            if fired:
+                log.debug("timers_fired", count=fired)
+            self.nudge(nearer)
+            if fired == 0:
+                return
+
     async def run(self, stop: asyncio.Event) -> None:
         """
         Fire timers until ``stop`` is set.
         """
         while not stop.is_set():
-            while True:
-                fired, nearer = await self._handler.fire_timers()
-                self.fired += fired
-                if fired:
-                    log.debug("timers_fired", count=fired)
-                self.nudge(nearer)
-                if fired == 0:
-                    break
-            self._target = await store.next_deadline(self._pool)
+            try:
+                await self._fire_due()
+                self._target = await store.next_deadline(self._pool)
+            except errors.StorageError as exc:
+                log.warning("timers_interrupted", error=str(exc))
+                self._target = None
+                await asyncio.sleep(1.0)
+                continue
             now = self._clock()
             sleep_s = self._sweep_s
             if self._target is not None:
