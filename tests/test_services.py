@@ -19,7 +19,9 @@ async def test_postgres_round_trip_through_asyncpg(database_url: str) -> None:
     try:
         version = await conn.fetchval("SHOW server_version")
         value = await conn.fetchval("SELECT $1::int + 1", 41)
-        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename = 'chat_workspaces'")
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE tablename = 'chat_workspaces'"
+        )
     finally:
         await conn.close()
     print(f"PostgreSQL {version}")
