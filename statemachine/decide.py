@@ -261,27 +261,48 @@ def _on_tool_call(out: _Outcome, call: ev.ToolCall) -> None:
     _start_create(out, call)
 
 
+def _unresolved_command(row: ChatWorkspace) -> bool:
+    """
+    Tell whether the last create command timed out with no answer from Coder yet.
+    """
+    return (
+        row.state == State.FAILED
+        and row.command_id is not None
+        and row.workspace_id is None
+        and row.last_error == CREATE_TIMED_OUT
+    )
+
+
 def _start_create(out: _Outcome, call: ev.ToolCall) -> None:
-    name = naming.choose(call.name, call.template_name, out.ctx.rng)
-    command_id = ids.create_command(call.chat_id, out.row.version + 1)
+    row = out.row
+    if _unresolved_command(row) and row.command_id and row.template_id and row.requested_name:
+        # Coder may still act on the command that timed out: send the very same
+        # command again (same id, same name) rather than a second one (R2, R13).
+        owner_id, template_id = row.owner_id, row.template_id
+        name, command_id, parameters = row.requested_name, row.command_id, row.parameters
+    else:
+        owner_id, template_id = call.owner_id, call.template_id
+        name = naming.choose(call.name, call.template_name, out.ctx.rng)
+        command_id = ids.create_command(call.chat_id, row.version + 1)
+        parameters = tuple(sorted(call.parameters))
     out.move(
         State.CREATING,
         Trigger.TOOL_CALL,
         call.event_id,
-        owner_id=call.owner_id,
-        template_id=call.template_id,
+        owner_id=owner_id,
+        template_id=template_id,
         requested_name=name,
         command_id=command_id,
+        parameters=parameters,
         **_CLEARED_WORKSPACE,
     )
-    parameters = [{"name": k, "value": v} for k, v in sorted(call.parameters)]
     data = {
         "command_id": command_id,
         "chat_id": call.chat_id,
-        "owner_id": call.owner_id,
-        "template_id": call.template_id,
+        "owner_id": owner_id,
+        "template_id": template_id,
         "name": name,
-        "rich_parameter_values": parameters,
+        "rich_parameter_values": [{"name": k, "value": v} for k, v in parameters],
     }
     out.publish(effects.Topic.WORKSPACE_COMMANDS, CREATE_COMMAND, command_id, data)
     out.wait(call.tool_call_id, call.event_id, creator=True)
@@ -332,7 +353,10 @@ def _on_job_changed(out: _Outcome, job: Job, event_id: str) -> None:
             out.move(State.NONE, Trigger.WORKSPACE_DELETED, event_id, **_CLEARED_WORKSPACE)
             out.answer_failed(WORKSPACE_DELETED, WORKSPACE_BUILD_FAILED + WORKSPACE_DELETED)
         return
-    if job.job_id != row.job_id or row.state != State.BUILDING:
+    late = row.state == State.FAILED and row.last_error == BUILD_TIMED_OUT
+    if job.job_id != row.job_id or (row.state != State.BUILDING and not late):
+        return
+    if late and job.status != "succeeded":
         return
     if job.status == "succeeded":
         _build_succeeded(out, job, event_id)

@@ -22,8 +22,9 @@ TABLE: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = (
     (T.CREATE_ACCEPTED, (S.CREATING, S.FAILED), S.BUILDING, "same_command"),
     (T.CREATE_REJECTED, (S.CREATING,), S.FAILED, None),
     (T.CREATE_TIMED_OUT, (S.CREATING,), S.FAILED, None),
-    (T.BUILD_SUCCEEDED, (S.BUILDING,), S.AGENT_WAITING, "has_agent"),
-    (T.BUILD_SUCCEEDED, (S.BUILDING,), S.READY, "no_agent_or_agent_seen"),
+    # From failed only after a build timeout: the build finished late; bind it.
+    (T.BUILD_SUCCEEDED, (S.BUILDING, S.FAILED), S.AGENT_WAITING, "has_agent"),
+    (T.BUILD_SUCCEEDED, (S.BUILDING, S.FAILED), S.READY, "no_agent_or_agent_seen"),
     (T.BUILD_FAILED, (S.BUILDING,), S.FAILED, None),
     (T.BUILD_CANCELED, (S.BUILDING,), S.FAILED, None),
     (T.BUILD_TIMED_OUT, (S.BUILDING,), S.FAILED, None),

@@ -35,6 +35,7 @@ class ChatWorkspace:
     template_id: str | None = None
     command_id: str | None = None
     requested_name: str | None = None
+    parameters: tuple[tuple[str, str], ...] = ()
     last_error: str | None = None
     deadline_at: datetime | None = None
 

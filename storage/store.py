@@ -80,6 +80,7 @@ def _job(record: asyncpg.Record) -> Job:
 def _row(record: asyncpg.Record) -> ChatWorkspace:
     values = dict(record)
     values["state"] = State(values["state"])
+    values["parameters"] = tuple((name, value) for name, value in values["parameters"])
     return ChatWorkspace(**values)
 
 
@@ -326,6 +327,7 @@ def _row_args(row: ChatWorkspace) -> tuple[Any, ...]:
         row.requested_name,
         row.last_error,
         row.deadline_at,
+        [list(pair) for pair in row.parameters],
     )
 
 

@@ -595,3 +595,25 @@ async def test_r16_while_postgresql_refuses_connections_nothing_is_acknowledged_
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_r13_a_retry_after_the_create_timer_sends_the_same_command_again_not_a_second_one(
+    daemon_with: Any, db: asyncpg.Connection
+) -> None:
+    _, bus = await daemon_with(create_timeout_seconds=1.0)
+    chat = new_id()
+    first = await bus.tool_call(chat, name="dev", parameters={"cpu": "2"})
+    (r1,) = await bus.results_for(first, timeout_s=10)
+    assert r1["content"] == {"error": "timed out waiting for Coder to accept the create"}
+    second = await bus.tool_call(chat, name="other")
+    c1, c2 = await bus.command_for(chat, count=2)
+    assert c1 == c2, "the unanswered command is sent again as it was (R2: same name)"
+    ws = await bus.created(c2)
+    await bus.job(ws, "succeeded", agents=[])
+    (r2,) = await bus.results_for(second)
+    assert r2["content"] == {
+        "created": True,
+        "workspace_name": "alice/dev",
+        "agent_status": "no_agent",
+    }
+    assert await _state(db, chat) == "ready"

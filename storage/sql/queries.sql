@@ -64,7 +64,7 @@ ON CONFLICT (chat_id) DO NOTHING;
 SELECT chat_id::text, owner_id::text, state, version, state_entered_at, created_at,
        updated_at, workspace_id::text, workspace_name, owner_name, build_id::text,
        job_id::text, agent_id::text, agent_status, template_id::text, command_id::text,
-       requested_name, last_error, deadline_at
+       requested_name, parameters, last_error, deadline_at
 FROM chat_workspaces WHERE chat_id = ANY($1::uuid[])
 ORDER BY chat_id FOR UPDATE;
 
@@ -73,7 +73,7 @@ UPDATE chat_workspaces SET
     owner_id = $2, state = $3, version = $4, state_entered_at = $5, updated_at = $6,
     workspace_id = $7, workspace_name = $8, owner_name = $9, build_id = $10, job_id = $11,
     agent_id = $12, agent_status = $13, template_id = $14, command_id = $15,
-    requested_name = $16, last_error = $17, deadline_at = $18
+    requested_name = $16, last_error = $17, deadline_at = $18, parameters = $19
 WHERE chat_id = $1;
 
 -- name: waiters_of

@@ -17,6 +17,7 @@ CREATE TABLE chat_workspaces (
     template_id      uuid,
     command_id       uuid,
     requested_name   text,
+    parameters       jsonb NOT NULL DEFAULT '[]'::jsonb,
     last_error       text,
     state_entered_at timestamptz NOT NULL,
     deadline_at      timestamptz,

@@ -1,0 +1,537 @@
+"""
+Fold random event sequences for one chat through ``decide`` and check the invariants.
+
+The fold keeps ``Facts`` the way ``workspaced.handler`` does: job updates are
+merged with ``jobs.merge`` and only a merge that moved the job forward reaches
+the chat, heartbeats only grow ``agents_seen_at``, the latest build of a
+workspace is its job with the newest ``occurred_at``, and calls are remembered
+from ``Wait`` and ``Answer`` effects (``_remember_calls``). A stand-in for Coder
+gives each create command one fixed outcome, delivered any number of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statemachine import decide, effects, jobs, machine
+from statemachine import events as ev
+from statemachine.model import Agent, AnsweredCall, Chat, ChatWorkspace, Facts, Job, Timeouts
+from statemachine.states import IN_PROGRESS, State, Trigger
+
+START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+CHAT = "chat-1"
+OWNER = "owner-1"
+TEMPLATE = "0f8fad5b-d9cb-469f-a165-70867728950e"
+NEVER_SENT = "command-never-sent"
+STATUSES = ("unknown", "pending", "running", "canceling", "succeeded", "failed", "canceled")
+RANK = {"unknown": 0, "pending": 1, "running": 2, "canceling": 3}
+ENTERS_CREATING_FROM = frozenset({State.NONE, State.FAILED, State.READY})
+
+
+def _workspace(command_id: str) -> str:
+    return f"workspace-{command_id}"
+
+
+def _job_id(command_id: str, transition: str) -> str:
+    return f"job-{command_id}-{transition}"
+
+
+def _agent(command_id: str) -> str:
+    return f"agent-{command_id}"
+
+
+@dataclass
+class World:
+    """
+    Hold one chat, the facts storage would know, and what the chat's users saw.
+    """
+
+    chat: Chat = field(default_factory=lambda: Chat(ChatWorkspace.new(CHAT, OWNER, START)))
+    now: datetime = START
+    jobs: dict[str, Job] = field(default_factory=dict)
+    seen: dict[str, datetime] = field(default_factory=dict)
+    calls: dict[str, AnsweredCall] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)  # command -> accept | reject
+    answers: dict[str, tuple[bool, Mapping[str, Any]]] = field(default_factory=dict)
+    called: set[str] = field(default_factory=set)
+    states: list[State] = field(default_factory=lambda: [State.NONE])
+    reached: set[tuple[Trigger, State, State]] = field(default_factory=set)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    events: int = 0
+
+    # Inputs ---------------------------------------------------------------------
+
+    def event_id(self) -> str:
+        self.events += 1
+        return f"event-{self.events}"
+
+    def step(self, step: tuple[Any, ...]) -> None:
+        match step:
+            case ("call", number, valid):
+                self.tool_call(f"call-{number}", valid=valid)
+            case ("coder", which, accept):
+                self.coder_answers(which, accept=accept)
+            case ("job", which, transition, status, with_agents):
+                self.job_update(which, transition, status, with_agents=with_agents)
+            case ("beat", which, ago_s):
+                self.heartbeat(which, ago_s)
+            case ("advance", variant):
+                self.advance(variant)
+            case ("tick", seconds):
+                self.now += timedelta(seconds=seconds)
+            case ("timer", stale_by, at_deadline):
+                self.timer(stale_by, at_deadline=at_deadline)
+            case _:  # pragma: no cover - the strategy makes only the steps above
+                raise AssertionError(step)
+
+    def tool_call(self, tool_call_id: str, *, valid: bool) -> None:
+        self.called.add(tool_call_id)
+        event: ev.Event
+        if valid:
+            event = ev.ToolCall(
+                self.event_id(), tool_call_id, CHAT, OWNER, TEMPLATE, None, (), "tpl"
+            )
+        else:
+            error = "template_id is required; use list_templates to find one"
+            event = ev.InvalidToolCall(
+                self.event_id(), tool_call_id, CHAT, "create_workspace", error
+            )
+        self.apply(event)
+
+    def advance(self, variant: int) -> None:
+        """
+        Send what Coder or a user would most likely send next, so runs go deep.
+        """
+        state = self.chat.row.state
+        if state == State.CREATING:
+            self.coder_answers(0, accept=variant != 0)
+        elif state == State.BUILDING:
+            transition, status = [
+                ("start", "succeeded"),
+                ("start", "succeeded"),
+                ("start", "succeeded"),
+                ("start", "running"),
+                ("start", "failed"),
+                ("start", "canceled"),
+                ("delete", "succeeded"),
+                ("stop", "succeeded"),
+            ][variant]
+            self.job_update(0, transition, status, with_agents=variant != 1)
+        elif variant == 7 and state != State.NONE:
+            self.job_update(0, "delete", "succeeded", with_agents=False)
+        elif state == State.AGENT_WAITING and variant != 6:
+            self.heartbeat(0, variant)
+        else:
+            self.tool_call(f"call-{variant}", valid=True)
+
+    def timer(self, stale_by: int, *, at_deadline: bool) -> None:
+        """
+        Fire a timer, waiting for the row's deadline first when asked (as the daemon does).
+        """
+        deadline = self.chat.row.deadline_at
+        if at_deadline and deadline is not None:
+            self.now = max(self.now, deadline)
+        self.apply(ev.TimerFired(self.event_id(), CHAT, self.chat.row.version - stale_by))
+
+    def command(self, which: int) -> str:
+        """
+        Return the create command ``which`` back from the latest (0 is the latest).
+        """
+        if which >= len(self.commands):
+            return NEVER_SENT
+        return self.commands[-1 - which]
+
+    def coder_answers(self, which: int, *, accept: bool) -> None:
+        command_id = self.command(which)
+        # Coder answers a command once; later deliveries repeat that answer.
+        outcome = self.outcomes.setdefault(command_id, "accept" if accept else "reject")
+        if outcome == "accept":
+            self.apply(
+                ev.CreateAccepted(
+                    self.event_id(),
+                    command_id,
+                    CHAT,
+                    _workspace(command_id),
+                    "dev",
+                    "alice",
+                    f"build-{command_id}",
+                    _job_id(command_id, "start"),
+                )
+            )
+        else:
+            self.apply(ev.CreateRejected(self.event_id(), command_id, CHAT, "quota exceeded"))
+
+    def job_update(self, which: int, transition: str, status: str, *, with_agents: bool) -> None:
+        command_id = self.command(which)
+        agents = (Agent(_agent(command_id), "main"),) if with_agents else ()
+        update = Job(
+            _job_id(command_id, transition),
+            _workspace(command_id),
+            f"build-{command_id}-{transition}",
+            transition,
+            status,
+            "apply failed" if status == "failed" and with_agents else None,
+            agents,
+            self.now,
+        )
+        known = self.jobs.get(update.job_id)
+        merged = jobs.merge(known, update)
+        check_job_moves_forward(known, merged)
+        if merged is not None:
+            self.jobs[merged.job_id] = merged
+            self.apply(ev.JobChanged(self.event_id(), merged))
+
+    def heartbeat(self, which: int, ago_s: int) -> None:
+        agent_id = _agent(self.command(which))
+        at = self.now - timedelta(seconds=ago_s)
+        self.seen[agent_id] = max(self.seen.get(agent_id, at), at)
+        self.apply(ev.AgentSeen(self.event_id(), agent_id, at))
+
+    # The fold -------------------------------------------------------------------
+
+    def facts(self) -> Facts:
+        latest: dict[str, Job] = {}
+        for job in self.jobs.values():
+            known = latest.get(job.workspace_id)
+            if known is None or job.occurred_at > known.occurred_at:
+                latest[job.workspace_id] = job
+        return Facts(dict(self.jobs), dict(self.seen), latest, self.calls)
+
+    def apply(self, event: ev.Event) -> decide.Decision:
+        before = self.chat
+        ctx = decide.Context(self.now, self.facts(), Timeouts(), self.rng)
+        decision = decide.decide(before, event, ctx)
+        self.check(before, decision)
+        self.remember_calls(decision.effects)
+        self.chat = decision.chat
+        self.states.append(decision.chat.row.state)
+        self.reached |= {
+            (e.trigger, e.from_state, e.to_state)
+            for e in decision.effects
+            if isinstance(e, effects.RecordTransition)
+        }
+        return decision
+
+    def remember_calls(self, done: tuple[effects.Effect, ...]) -> None:
+        for effect in done:
+            if isinstance(effect, effects.Wait):
+                self.calls[effect.tool_call_id] = AnsweredCall(
+                    effect.tool_call_id, effect.chat_id, None
+                )
+            elif isinstance(effect, effects.Answer):
+                answer = {"is_error": effect.is_error, "content": effect.content}
+                self.calls[effect.tool_call_id] = AnsweredCall(
+                    effect.tool_call_id, effect.chat_id, answer
+                )
+
+    # Invariants -----------------------------------------------------------------
+
+    def check(self, before: Chat, decision: decide.Decision) -> None:
+        check_transitions(before.row, decision)
+        self.check_create_commands(before.row, decision)
+        self.check_answers(decision)
+        check_waiters(decision.chat)
+        row = decision.chat.row
+        # Only the workspace of the chat's latest command is ever bound.
+        if row.workspace_id is not None:
+            assert row.workspace_id == _workspace(row.command_id or "")
+            assert row.state != State.CREATING
+
+    def check_create_commands(self, before: ChatWorkspace, decision: decide.Decision) -> None:
+        creates = [
+            e
+            for e in decision.effects
+            if isinstance(e, effects.Publish) and e.ce_type == decide.CREATE_COMMAND
+        ]
+        into_creating = [
+            r
+            for r in decision.effects
+            if isinstance(r, effects.RecordTransition) and r.to_state == State.CREATING
+        ]
+        assert len(creates) == len(into_creating) <= 1
+        if creates:
+            (record,) = into_creating
+            assert record.trigger == Trigger.TOOL_CALL
+            assert record.from_state in ENTERS_CREATING_FROM
+            assert before.state not in IN_PROGRESS
+            command_id = creates[0].data["command_id"]
+            assert command_id == decision.chat.row.command_id
+            if command_id in self.commands:
+                # Only the last command, unanswered after its timer, may be sent again.
+                assert command_id == self.commands[-1]
+                assert command_id not in self.outcomes
+            else:
+                self.commands.append(command_id)
+
+    def check_answers(self, decision: decide.Decision) -> None:
+        answers = [e for e in decision.effects if isinstance(e, effects.Answer)]
+        waits = [e for e in decision.effects if isinstance(e, effects.Wait)]
+        assert len({a.tool_call_id for a in answers}) == len(answers)
+        for answer in answers:
+            assert answer.tool_call_id in self.called
+            given = (answer.is_error, answer.content)
+            # A second answer is only the stored one published again (R14).
+            assert self.answers.setdefault(answer.tool_call_id, given) == given
+        for wait in waits:
+            assert wait.tool_call_id not in self.answers
+            assert wait.tool_call_id not in {a.tool_call_id for a in answers}
+        waiting = {w.tool_call_id for w in decision.chat.waiters}
+        assert not waiting & set(self.answers)
+        assert self.called <= set(self.answers) | waiting
+
+
+def check_transitions(before: ChatWorkspace, decision: decide.Decision) -> None:
+    records = [e for e in decision.effects if isinstance(e, effects.RecordTransition)]
+    after = decision.chat.row
+    assert after.version == before.version + len(records)
+    assert [r.version for r in records] == list(
+        range(before.version + 1, before.version + 1 + len(records))
+    )
+    state = before.state
+    for record in records:
+        assert record.from_state == state
+        assert (record.trigger, record.from_state, record.to_state) in machine.allowed()
+        state = record.to_state
+    assert after.state == state
+    entered = [r.to_state for r in records if r.to_state != r.from_state]
+    published = [
+        e.ce_type
+        for e in decision.effects
+        if isinstance(e, effects.Publish) and e.topic == effects.Topic.WORKSPACE_EVENTS
+    ]
+    assert published.count(decide.STATE_CHANGED) == len(records)
+    assert published.count(decide.READY_EVENT) == entered.count(State.READY)
+    assert published.count(decide.FAILED_EVENT) == entered.count(State.FAILED)
+
+
+def check_waiters(chat: Chat) -> None:
+    ids = [w.tool_call_id for w in chat.waiters]
+    assert len(ids) == len(set(ids))
+    if chat.waiters:
+        assert chat.row.state in IN_PROGRESS
+    assert sum(w.creator for w in chat.waiters) <= 1
+
+
+def check_job_moves_forward(known: Job | None, merged: Job | None) -> None:
+    if known is None:
+        return
+    if known.status in jobs.TERMINAL:
+        assert merged is None
+    elif merged is not None:
+        assert merged.status in jobs.TERMINAL or RANK[merged.status] > RANK[known.status]
+        assert merged.job_id == known.job_id
+        assert len(merged.agents) >= len(known.agents)
+
+
+# Strategies ---------------------------------------------------------------------
+
+# Mostly the latest command, sometimes an older one (or one never sent).
+WHICH = st.sampled_from([0, 0, 0, 0, 1, 2])
+STEPS = st.one_of(
+    st.tuples(st.just("call"), st.integers(0, 4), st.booleans()),
+    st.tuples(st.just("coder"), WHICH, st.booleans()),
+    st.tuples(
+        st.just("job"),
+        WHICH,
+        st.sampled_from(["start"] * 6 + ["stop", "delete"]),
+        st.sampled_from((*STATUSES, "running", "succeeded", "succeeded")),
+        st.booleans(),
+    ),
+    st.tuples(st.just("beat"), WHICH, st.integers(0, 90)),
+    st.tuples(st.just("advance"), st.integers(0, 7)),
+    st.tuples(st.just("advance"), st.integers(0, 7)),
+    st.tuples(st.just("tick"), st.sampled_from([1, 10, 29, 31, 119, 121, 599, 601])),
+    st.tuples(st.just("timer"), st.integers(0, 2), st.booleans()),
+)
+FAST = settings(max_examples=200, deadline=None)
+
+
+@given(st.lists(STEPS, min_size=5, max_size=60))
+@FAST
+def test_every_sequence_of_events_keeps_the_invariants(steps: list[tuple[Any, ...]]) -> None:
+    world = World()
+    for step in steps:
+        world.step(step)
+
+
+@given(st.lists(STEPS, min_size=5, max_size=60), st.randoms(use_true_random=False))
+@FAST
+def test_every_sequence_with_duplicated_inputs_keeps_the_invariants(
+    steps: list[tuple[Any, ...]], rng: random.Random
+) -> None:
+    world = World()
+    doubled = [s for step in steps for s in [step] * (1 + (rng.random() < 0.3))]
+    for step in doubled:
+        world.step(step)
+
+
+def test_a_nominal_sequence_visits_every_state_so_the_invariants_are_not_vacuous() -> None:
+    world = World()
+    for step in [
+        ("call", 0, True),
+        ("coder", 0, False),  # rejected: failed
+        ("call", 1, True),
+        ("job", 0, "start", "running", True),  # before the accept (R12)
+        ("coder", 0, True),  # building
+        ("call", 2, True),
+        ("job", 0, "start", "succeeded", True),  # agent_waiting
+        ("beat", 0, 0),  # ready
+        ("call", 3, True),  # answered at once
+        ("job", 0, "delete", "succeeded", False),  # none
+    ]:
+        world.step(step)
+    assert set(world.states) == set(State)
+    assert world.called == set(world.answers)
+    assert world.answers["call-1"] == (False, {"created": True, "workspace_name": "alice/dev"})
+
+
+SCRIPTS = {
+    "agent timer, then a call, then a delete": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", True),
+        ("timer", 0, True),
+        ("call", 1, True),
+        ("job", 0, "delete", "succeeded", False),
+    ],
+    "create timer, late accept, build timer, delete": [
+        ("call", 0, True),
+        ("timer", 0, True),
+        ("coder", 0, True),
+        ("timer", 0, True),
+        ("job", 0, "delete", "succeeded", False),
+    ],
+    "agent gone from a ready chat": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("beat", 0, 0),  # before the build succeeded: ready at once
+        ("job", 0, "start", "succeeded", True),
+        ("tick", 31),
+        ("call", 1, True),
+        ("coder", 0, False),
+    ],
+    "failed and canceled builds, a build without agent": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "failed", True),
+        ("call", 1, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "canceled", False),
+        ("call", 2, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", False),
+    ],
+    "build timer, then the build succeeds late": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("timer", 0, True),  # build_timed_out: failed
+        ("job", 0, "start", "succeeded", True),  # late success: agent_waiting
+    ],
+    "build timer, then the build succeeds late without an agent": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("timer", 0, True),
+        ("job", 0, "start", "succeeded", False),  # late success, no agent: ready
+    ],
+    "delete while building": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("call", 1, True),
+        ("job", 0, "delete", "succeeded", False),
+    ],
+    "nominal": [
+        ("call", 0, True),
+        ("coder", 0, False),
+        ("call", 1, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", True),
+        ("beat", 0, 0),
+        ("job", 0, "delete", "succeeded", False),
+    ],
+}
+
+
+def test_the_scripted_sequences_reach_every_transition_of_the_table() -> None:
+    reached: set[tuple[Trigger, State, State]] = set()
+    for steps in SCRIPTS.values():
+        world = World()
+        for step in steps:
+            world.step(step)
+        reached |= world.reached
+    assert reached == machine.allowed()
+
+
+def test_a_retry_after_the_create_timer_keeps_one_create_command_in_flight() -> None:
+    # R13: Coder has not answered the first command (say its consumer is down),
+    # so that command is still in flight when the user retries.
+    world = World()
+    world.step(("call", 0, True))
+    world.step(("timer", 0, True))  # create_timed_out: failed, the command unanswered
+    world.step(("call", 1, True))
+    in_flight = [c for c in world.commands if c not in world.outcomes]
+    assert len(in_flight) <= 1, f"{len(in_flight)} create commands in flight for one chat"
+
+
+def test_a_timed_out_build_answers_every_waiting_call_once() -> None:
+    world = World()
+    for step in [("call", 0, True), ("coder", 0, True), ("call", 1, True), ("call", 0, True)]:
+        world.step(step)
+    world.step(("timer", 0, False))  # before the deadline: nothing
+    world.step(("timer", 0, True))
+    world.step(("timer", 0, True))
+    world.step(("call", 1, True))  # a repeat gets the stored answer, unchanged
+    assert world.chat.row.state == State.FAILED
+    assert world.answers == {
+        "call-0": (
+            True,
+            {"error": "workspace build failed: timed out waiting for workspace build"},
+        ),
+        "call-1": (
+            True,
+            {"error": "existing workspace build failed: timed out waiting for workspace build"},
+        ),
+    }
+
+
+# jobs.merge on its own -------------------------------------------------------------
+
+
+def _update(status: str, n: int, *, agents: bool = False) -> Job:
+    found = (Agent(f"agent-{n}", "main"),) if agents else ()
+    moment = START + timedelta(seconds=n)
+    return Job("job-1", "workspace-1", "build-1", "start", status, None, found, moment)
+
+
+@given(st.lists(st.tuples(st.sampled_from(STATUSES), st.booleans()), min_size=1, max_size=12))
+@FAST
+def test_merged_job_status_never_moves_backwards_and_a_terminal_one_is_final(
+    updates: list[tuple[str, bool]],
+) -> None:
+    known: Job | None = None
+    for n, (status, agents) in enumerate(updates):
+        merged = jobs.merge(known, _update(status, n, agents=agents))
+        check_job_moves_forward(known, merged)
+        if merged is not None:
+            known = merged
+    assert known is not None
+    statuses = [s for s, _ in updates]
+    terminal = [s for s in statuses if s in jobs.TERMINAL]
+    if terminal:
+        assert known.status == terminal[0]
+    else:
+        assert RANK[known.status] == max(RANK[s] for s in statuses)
+
+
+@given(st.sampled_from(STATUSES))
+def test_a_duplicate_job_update_changes_nothing(status: str) -> None:
+    first = _update(status, 0)
+    assert jobs.merge(first, dataclasses.replace(first, occurred_at=START + timedelta(1))) is None
