@@ -9,6 +9,7 @@ import contextlib
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiokafka
 
@@ -18,9 +19,10 @@ from consumers.relay import KafkaOutboxRelay
 from statemachine.model import Timeouts
 from storage import errors, migrate
 from storage.outbox import PostgresOutbox
+from storage.queries import sql
 from storage.store import PostgresStateStore
 from workspaced import logs
-from workspaced.handler import BatchHandler, BatchReport
+from workspaced.handler import BatchHandler, BatchReport, utcnow
 from workspaced.settings import Settings
 from workspaced.timers import TimerScheduler
 
@@ -186,11 +188,6 @@ async def _serve(
 
 
 async def _prune_inbox(store: PostgresStateStore, settings: Settings, stop: asyncio.Event) -> None:
-    from datetime import timedelta  # noqa: PLC0415
-
-    from storage.queries import sql  # noqa: PLC0415
-    from workspaced.handler import utcnow  # noqa: PLC0415
-
     while not stop.is_set():
         cutoff = utcnow() - timedelta(hours=settings.inbox_retention_hours)
         try:

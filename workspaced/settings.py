@@ -128,7 +128,8 @@ class Settings(BaseSettings):
         """
         Read environment, then the ``--config`` file, then ``config/*.toml``.
         """
-        files = _config_files()
+        extra = settings_cls.model_config.get("toml_file")
+        files = _config_files() + ([Path(str(extra))] if extra else [])
         return (
             env_settings,
             init_settings,
@@ -169,28 +170,26 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-_CONFIG_FILE: list[Path] = []
-
-
 def _config_files() -> list[Path]:
     folder = Path(os.environ.get("WORKSPACED_CONFIG_DIR", "config"))
-    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
     # TomlConfigSettingsSource merges later files over earlier ones.
-    return files + _CONFIG_FILE
+    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
 
 
 def load(config_file: Path | None = None, **overrides: Any) -> Settings:
     """
     Build the settings, or raise ``SettingsError`` naming every bad setting.
     """
-    _CONFIG_FILE.clear()
+    cls: type[Settings] = Settings
     if config_file is not None:
         if not config_file.is_file():
             msg = f"invalid settings: --config {config_file}: no such file"
             raise SettingsError(msg)
-        _CONFIG_FILE.append(config_file)
+        # A subclass that names the file, so no module state carries it.
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+        cls = type("Settings", (Settings,), {"model_config": config})  # type: ignore[assignment]
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
     except ValueError as exc:  # a TOML file that does not parse
