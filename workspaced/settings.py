@@ -187,7 +187,7 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
             raise SettingsError(msg)
         # A subclass that names the file, so no module state carries it.
         config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
-        cls = type("Settings", (Settings,), {"model_config": config})  # type: ignore[assignment]
+        cls = type("Settings", (Settings,), {"model_config": config})
     try:
         return cls(**overrides)
     except ValidationError as exc:
