@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transitions.extensions import GraphMachine
 
-from statemachine.machine import TABLE
+from statemachine.machine import add_table
 from statemachine.states import State
 
 HEADER = """\
@@ -39,13 +39,7 @@ def mermaid() -> str:
         graph_engine="mermaid",
         show_conditions=True,
     )
-    for trigger, sources, dest, condition in TABLE:
-        machine.add_transition(
-            trigger.value,
-            [s.value for s in sources],
-            dest.value,
-            conditions=[condition] if condition else None,
-        )
+    add_table(machine)
     source = str(machine.model.get_graph().draw(None))  # type: ignore[attr-defined]
     # transitions writes a bare title between '---' lines; mermaid wants 'title:'.
     return source.replace("---\nState Machine\n---", "---\ntitle: workspaced chat workspace\n---")

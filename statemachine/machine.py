@@ -45,14 +45,10 @@ class IllegalTransitionError(Exception):
     """
 
 
-def _build() -> Machine:
-    machine = Machine(
-        model=None,
-        states=[state.value for state in State],
-        initial=State.NONE.value,
-        auto_transitions=False,
-        ignore_invalid_triggers=False,
-    )
+def add_table(machine: Machine) -> Machine:
+    """
+    Add every transition of ``TABLE`` to a ``transitions`` machine and return it.
+    """
     for trigger, sources, dest, condition in TABLE:
         machine.add_transition(
             trigger.value,
@@ -63,7 +59,15 @@ def _build() -> Machine:
     return machine
 
 
-MACHINE = _build()
+MACHINE = add_table(
+    Machine(
+        model=None,
+        states=[state.value for state in State],
+        initial=State.NONE.value,
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+    )
+)
 _LEGAL = frozenset(
     (trigger, source, dest) for trigger, sources, dest, _ in TABLE for source in sources
 )

@@ -126,18 +126,11 @@ class BatchHandler:
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def _dead_letter_poison(self, item: Item, exc: Exception) -> BatchReport:
-        record = item.record
-        reason = f"could not be applied: {exc}"
-        log.error(
-            "record_dead_lettered",
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
+        dead = codec.DeadLetter(f"could not be applied: {exc}", item.record)
+        _log_dead_letter(dead, error=True)
         async with self._store.transaction() as tx:
-            await tx.add_outbox([self._dead_letter_record(codec.DeadLetter(reason, record))])
-        return BatchReport(dead_lettered=1, outbox_written=1, dead_letter_reasons=[reason])
+            await tx.add_outbox([self._dead_letter_record(dead)])
+        return BatchReport(dead_lettered=1, outbox_written=1, dead_letter_reasons=[dead.reason])
 
     async def fire_timers(self, limit: int = 500) -> tuple[int, datetime | None]:
         """
@@ -191,13 +184,7 @@ class BatchHandler:
         ]
         dead_records = [self._dead_letter_record(d) for d in dead]
         for d in dead:
-            log.warning(
-                "record_dead_lettered",
-                reason=d.reason,
-                topic=d.record.topic,
-                partition=d.record.partition,
-                offset=d.record.offset,
-            )
+            _log_dead_letter(d)
         report = await self._fold(tx, per_chat, owners, dead_records, now)
         report.applied = len(fresh)
         report.duplicates = duplicates
@@ -320,6 +307,17 @@ class BatchHandler:
             value,
             headers,
         )
+
+
+def _log_dead_letter(dead: codec.DeadLetter, *, error: bool = False) -> None:
+    record = dead.record
+    (log.error if error else log.warning)(
+        "record_dead_lettered",
+        reason=dead.reason,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
 
 
 def _latest_beats(
