@@ -117,6 +117,8 @@ def decode(record: RawRecord, max_bytes: int) -> Inbound | DeadLetter:
         return _decode(record, max_bytes)
     except DecodeError as exc:
         return DeadLetter(str(exc), record)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the stream
+        return DeadLetter(f"could not be decoded: {type(exc).__name__}: {exc}", record)
 
 
 def _header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
@@ -154,6 +156,9 @@ def _envelope(record: RawRecord) -> tuple[str, str, str, Any]:
     for name, attr in attrs.items():
         if not isinstance(attr, str) or not attr:
             msg = f"missing CloudEvents attribute {name}"
+            raise DecodeError(msg)
+        if "\x00" in attr:
+            msg = f"CloudEvents attribute {name} contains a NUL character"
             raise DecodeError(msg)
         found[name] = attr
     if found["specversion"] != "1.0":
@@ -205,10 +210,10 @@ def _decode(record: RawRecord, max_bytes: int) -> Inbound:
 
 
 def _tool_call(ce_id: str, data: dict[str, Any]) -> events.ToolCall | events.InvalidToolCall:
-    ids = _validate(schemas.ToolCallIds, data)
-    tool_call_id, chat_id = ids.tool_call_id, str(ids.chat_id)
-    raw_tool = data.get("tool")
-    tool = raw_tool if isinstance(raw_tool, str) else "create_workspace"
+    # Everything but the arguments must be right, or the record is a dead
+    # letter (R15); bad arguments get an error result (R1).
+    envelope = _validate(schemas.ToolCallEnvelope, data)
+    tool_call_id, chat_id = envelope.tool_call_id, str(envelope.chat_id)
     arguments = data.get("arguments")
     try:
         template_id = toolcalls.template_id(
@@ -216,10 +221,10 @@ def _tool_call(ce_id: str, data: dict[str, Any]) -> events.ToolCall | events.Inv
         )
         call = schemas.ToolCallData.model_validate(data)
     except toolcalls.InvalidArgumentError as exc:
-        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, tool, str(exc))
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, str(exc))
     except ValidationError as exc:
-        error = f"invalid tool call: {describe(exc)}"
-        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, tool, error)
+        error = f"invalid arguments: {describe(exc)}"
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, error)
     return events.ToolCall(
         ce_id,
         tool_call_id,

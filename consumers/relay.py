@@ -29,7 +29,7 @@ class Outgoing(Protocol):
     @property
     def topic(self) -> str: ...
     @property
-    def key(self) -> str: ...
+    def key(self) -> bytes | None: ...
     @property
     def ce_id(self) -> str: ...
     @property
@@ -37,9 +37,9 @@ class Outgoing(Protocol):
     @property
     def ce_time(self) -> datetime: ...
     @property
-    def payload(self) -> bytes: ...
+    def payload(self) -> bytes | None: ...
     @property
-    def headers(self) -> object: ...
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
 
 
 class Claimed(Protocol):
@@ -58,7 +58,9 @@ class OutboxSource(Protocol):
     The port the relay reads from; storage provides the PostgreSQL adapter.
     """
 
-    def leadership(self, wake: asyncio.Event) -> AbstractAsyncContextManager[Callable[[], bool]]:
+    def leadership(
+        self, wake: asyncio.Event, stop: asyncio.Event
+    ) -> AbstractAsyncContextManager[Callable[[], bool]]:
         """
         Wait until this instance leads the relay; set ``wake`` when rows are added.
 
@@ -105,7 +107,9 @@ class KafkaOutboxRelay:
         """
         while not stop.is_set():
             try:
-                async with self._source.leadership(self.wake) as lease:
+                async with self._source.leadership(self.wake, stop) as lease:
+                    if stop.is_set():
+                        return
                     log.info("relay_leading")
                     await self._lead(lease, stop)
             except Exception as exc:  # noqa: BLE001 - storage trouble: lead again after a pause
@@ -114,6 +118,7 @@ class KafkaOutboxRelay:
 
     async def _lead(self, lease: Callable[[], bool], stop: asyncio.Event) -> None:
         while not stop.is_set() and lease():
+            self.wake.clear()  # before the fetch: a NOTIFY during it must not be lost
             try:
                 sent = await self.publish_once()
             except kafka.BrokerError as exc:
@@ -123,7 +128,6 @@ class KafkaOutboxRelay:
             if sent:
                 continue
             self.empty.set()
-            self.wake.clear()
             await _first_of(stop.wait(), self.wake.wait(), timeout_s=self._sweep_s)
             self.empty.clear()
 
@@ -142,14 +146,14 @@ class KafkaOutboxRelay:
         return len(rows)
 
     async def _send(self, record: Outgoing) -> asyncio.Future[object]:
-        if isinstance(record.headers, dict):  # a dead letter keeps its own headers
-            headers = [(k, str(v).encode()) for k, v in record.headers.items()]
+        if record.headers is not None:  # a dead letter keeps its own headers
+            headers = list(record.headers)
         else:
             headers = codec.encode_headers(
                 self._ce_source, record.ce_id, record.ce_type, record.ce_time
             )
         future: asyncio.Future[object] = await self._producer.send(
-            record.topic, record.payload, key=record.key.encode(), headers=headers
+            record.topic, record.payload, key=record.key, headers=headers
         )
         return future
 

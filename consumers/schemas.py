@@ -29,13 +29,16 @@ class ToolCallArguments(_Data):
     parameters: dict[str, str] | None = None
 
 
-class ToolCallIds(_Data):
+class ToolCallEnvelope(_Data):
     """
-    The part of a tool call that must be readable for it to get an answer.
+    A tool call but its arguments: all of it must be valid for the call to get an answer.
     """
 
     tool_call_id: str = ToolCallId
     chat_id: UUID
+    owner_id: UUID
+    tool: Literal["create_workspace"]
+    template_name: str | None = None
 
 
 class ToolCallData(_Data):

@@ -304,7 +304,10 @@ def _start_create(out: _Outcome, call: ev.ToolCall) -> None:
         "name": name,
         "rich_parameter_values": [{"name": k, "value": v} for k, v in parameters],
     }
-    out.publish(effects.Topic.WORKSPACE_COMMANDS, CREATE_COMMAND, command_id, data)
+    # A resent command keeps its command_id but is a new record: consumers
+    # that drop a CloudEvent id seen before must not drop the resend.
+    ce_id = ids.create_command(call.chat_id, out.row.version)
+    out.publish(effects.Topic.WORKSPACE_COMMANDS, CREATE_COMMAND, ce_id, data)
     out.wait(call.tool_call_id, call.event_id, creator=True)
 
 
@@ -353,6 +356,9 @@ def _on_job_changed(out: _Outcome, job: Job, event_id: str) -> None:
             out.move(State.NONE, Trigger.WORKSPACE_DELETED, event_id, **_CLEARED_WORKSPACE)
             out.answer_failed(WORKSPACE_DELETED, WORKSPACE_BUILD_FAILED + WORKSPACE_DELETED)
         return
+    if job.job_id != row.job_id and job.transition == "start" and row.state == State.READY:
+        _follow_restart(out, job)
+        return
     late = row.state == State.FAILED and row.last_error == BUILD_TIMED_OUT
     if job.job_id != row.job_id or (row.state != State.BUILDING and not late):
         return
@@ -364,6 +370,26 @@ def _on_job_changed(out: _Outcome, job: Job, event_id: str) -> None:
         _fail_build(out, Trigger.BUILD_FAILED, event_id, job.error or BUILD_FAILED)
     elif job.status == "canceled":
         _fail_build(out, Trigger.BUILD_CANCELED, event_id, BUILD_CANCELED)
+
+
+def _follow_restart(out: _Outcome, job: Job) -> None:
+    """
+    Bind the new build when Coder starts the workspace again (after a stop).
+
+    Each build has new agents; without this the chat would keep waiting on
+    the old build's agent and the next call would create a second workspace.
+    """
+    if job.status != "succeeded":
+        return
+    agent_id = job.agents[0].id if job.agents else None
+    out.row = dataclasses.replace(
+        out.row,
+        job_id=job.job_id,
+        build_id=job.build_id,
+        agent_id=agent_id,
+        agent_status="connected" if agent_id else "no_agent",
+        updated_at=out.ctx.now,
+    )
 
 
 def _build_succeeded(out: _Outcome, job: Job, event_id: str) -> None:

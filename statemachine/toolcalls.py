@@ -40,6 +40,8 @@ def _parse_uuid(text: str) -> str:
         text = f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
     elif size != 36:
         raise InvalidArgumentError(f"invalid UUID length: {size}")
+    if not text.isascii():  # Go checks bytes: any non-ASCII byte is a bad hex digit
+        raise InvalidArgumentError("invalid UUID format")
     if any(text[i] != "-" for i in _DASHES):
         raise InvalidArgumentError("invalid UUID format")
     if not set(text.replace("-", "")) <= _HEX or len(text) != 36:

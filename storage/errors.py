@@ -28,11 +28,11 @@ class ConflictError(StorageError):
     """
 
 
-# SQLSTATE classes that say "not now" rather than "never": connection
-# exceptions, insufficient resources, operator intervention (shutdown, cannot
-# connect now), and object-not-in-prerequisite-state (database not accepting
-# connections).
-_UNAVAILABLE_CLASSES = ("08", "53", "57P", "55000")
+# SQLSTATEs that say "not now" rather than "never": connection exceptions,
+# insufficient resources, operator intervention (shutdown, query canceled by a
+# timeout), database not accepting connections, lock not available, and idle
+# or in-transaction session timeouts.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "55000", "55P03", "25P0")
 
 
 @contextlib.contextmanager

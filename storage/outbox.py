@@ -18,7 +18,7 @@ import asyncpg
 
 from storage import errors
 from storage.queries import sql
-from storage.store import OUTBOX_CHANNEL, ClaimedRecord, OutboxRecord
+from storage.store import OUTBOX_CHANNEL, ClaimedRecord, OutboxRecord, decode_headers
 
 _LEADER_KEY = 0x6F7574  # "out"
 
@@ -33,19 +33,33 @@ class PostgresOutbox:
         self._dsn = dsn
 
     @contextlib.asynccontextmanager
-    async def leadership(self, wake: asyncio.Event) -> AsyncIterator[Callable[[], bool]]:
+    async def leadership(
+        self, wake: asyncio.Event, stop: asyncio.Event
+    ) -> AsyncIterator[Callable[[], bool]]:
         """
         Hold the relay lock for as long as the block runs.
         """
         with errors.translated():
-            conn = await asyncpg.connect(self._dsn)
+            # Keepalives make the server notice a vanished leader (and free its
+            # lock) in about 30 s instead of the kernel's two hours.
+            conn = await asyncpg.connect(
+                self._dsn,
+                server_settings={
+                    "tcp_keepalives_idle": "10",
+                    "tcp_keepalives_interval": "5",
+                    "tcp_keepalives_count": "3",
+                },
+            )
         try:
             with errors.translated():
                 await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
                 # A standby asks once a second (one cheap statement, not per
                 # chat): an advisory lock has no wake-up to wait on.
-                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_KEY):  # noqa: ASYNC110
-                    await asyncio.sleep(1.0)
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_KEY):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    if stop.is_set():
+                        break
             wake.set()
             # The lock lives as long as this connection: lose one, lose both.
             yield lambda: not conn.is_closed()
@@ -76,6 +90,6 @@ def _record(row: Any) -> OutboxRecord:
         row["ce_id"],
         row["ce_type"],
         row["ce_time"],
-        bytes(row["payload"]),
-        row["headers"],
+        row["payload"],
+        decode_headers(row["headers"]),
     )

@@ -10,7 +10,9 @@ overlapping sets of chats wait for each other instead of deadlocking.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,8 @@ from storage import errors
 from storage.queries import sql
 
 OUTBOX_CHANNEL = "workspaced_outbox"
+_LOCK_BASE = 0x77730000  # advisory lock keys of workspaces: _LOCK_BASE + bucket
+_LOCK_BUCKETS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +39,13 @@ class OutboxRecord:
     """
 
     topic: str
-    key: str
+    key: bytes | None
     ce_id: str
     ce_type: str
     ce_time: datetime
-    payload: bytes
-    headers: Mapping[str, str] | None = None
+    payload: bytes | None
+    # None: CloudEvents headers are made at publish time; a dead letter keeps its own.
+    headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,22 @@ class StateTransaction:
         self._topic_name = topic_name
         self.outbox_written = 0
         self.earliest_deadline: datetime | None = None
+
+    async def lock_workspaces(self, workspace_ids: Iterable[str]) -> None:
+        """
+        Serialise, across instances, the transactions that touch the same workspaces.
+
+        Job updates are keyed by workspace, heartbeats by agent and Coder's
+        answers by chat, so one workspace's facts can be handled by several
+        instances at once; without this, binding a workspace and applying its
+        job update (or its agent's first heartbeat) in two transactions could
+        each miss the other. Workspaces hash into a fixed set of lock keys, so a
+        batch takes at most that many locks; sorted, so no two batches deadlock.
+        """
+        keys = sorted({_LOCK_BASE + zlib.crc32(w.encode()) % _LOCK_BUCKETS for w in workspace_ids})
+        if keys:
+            with errors.translated():
+                await self._conn.fetchval(sql("workspaces_lock"), keys)
 
     async def claim_inbox(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """
@@ -199,26 +220,28 @@ class StateTransaction:
         """
         Return known jobs, agents' last heartbeats, latest builds and past tool calls.
         """
-        conn = self._conn
-        with errors.translated():
-            jobs = {
-                r["job_id"]: _job(r) for r in await conn.fetch(sql("jobs_get"), list(set(job_ids)))
-            }
-            more_agents = {j.agents[0].id for j in jobs.values() if j.agents}
-            agents = list(set(agent_ids) | more_agents)
-            seen = {
-                r["agent_id"]: r["last_seen_at"]
-                for r in await conn.fetch(sql("agents_seen"), agents)
-            }
-            latest = {
-                r["workspace_id"]: _job(r)
-                for r in await conn.fetch(sql("latest_builds"), list(set(workspace_ids)))
-            }
-            calls = {
-                r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
-                for r in await conn.fetch(sql("calls_known"), list(set(tool_call_ids)))
-            }
+        jobs = {r["job_id"]: _job(r) for r in await self._fetch("jobs_get", job_ids)}
+        more_agents = [j.agents[0].id for j in jobs.values() if j.agents]
+        seen = {
+            r["agent_id"]: r["last_seen_at"]
+            for r in await self._fetch("agents_seen", [*agent_ids, *more_agents])
+        }
+        latest = {
+            r["workspace_id"]: _job(r) for r in await self._fetch("latest_builds", workspace_ids)
+        }
+        calls = {
+            r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
+            for r in await self._fetch("calls_known", tool_call_ids)
+        }
         return jobs, seen, latest, calls
+
+    async def _fetch(self, query: str, keys: Iterable[str]) -> list[asyncpg.Record]:
+        unique = list(set(keys))
+        if not unique:
+            return []  # no round trip for nothing
+        with errors.translated():
+            rows: list[asyncpg.Record] = await self._conn.fetch(sql(query), unique)
+        return rows
 
     async def save(
         self,
@@ -292,7 +315,7 @@ class StateTransaction:
                 [r.ce_type for r in records],
                 [r.ce_time for r in records],
                 [r.payload for r in records],
-                [dict(r.headers) if r.headers is not None else None for r in records],
+                [_encode_headers(r.headers) for r in records],
             )
             if not self.outbox_written:
                 await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
@@ -305,6 +328,23 @@ class StateTransaction:
         with errors.translated():
             rows = await self._conn.fetch(sql("timers_claim"), now, limit)
         return [(r["chat_id"], r["version"]) for r in rows]
+
+
+def _encode_headers(headers: tuple[tuple[str, bytes], ...] | None) -> str | None:
+    if headers is None:
+        return None
+    return orjson.dumps(
+        [[name, base64.b64encode(value).decode()] for name, value in headers]
+    ).decode()
+
+
+def decode_headers(stored: list[list[str]] | None) -> tuple[tuple[str, bytes], ...] | None:
+    """
+    Return the headers of an outbox row as Kafka takes them.
+    """
+    if stored is None:
+        return None
+    return tuple((name, base64.b64decode(value)) for name, value in stored)
 
 
 def _row_args(row: ChatWorkspace) -> tuple[Any, ...]:
@@ -347,7 +387,7 @@ def _history_args(effect: effects.RecordTransition) -> tuple[Any, ...]:
 def _publish_record(effect: effects.Publish, topic_name: Callable[[str], str]) -> OutboxRecord:
     return OutboxRecord(
         topic_name(effect.topic.value),
-        effect.key,
+        effect.key.encode(),
         effect.ce_id,
         effect.ce_type,
         effect.occurred_at,
@@ -367,7 +407,7 @@ def _answer_record(effect: effects.Answer, topic_name: Callable[[str], str]) -> 
     }
     return OutboxRecord(
         topic_name(effects.Topic.TOOL_RESULTS.value),
-        effect.chat_id,
+        effect.chat_id.encode(),
         ids.tool_result(effect.tool_call_id),
         "chat.tool_result.v1",
         effect.occurred_at,

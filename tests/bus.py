@@ -55,6 +55,7 @@ class Bus:
             **kafka.common(conf, "test-reader"), enable_auto_commit=False, group_id=None
         )
         self.received: dict[str, list[Received]] = {role: [] for role in OUTPUTS}
+        self.raw_dead_letters: list[Any] = []  # as Kafka gave them: bytes, repeated headers
         self._roles = {conf.topic(role): role for role in OUTPUTS}
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
@@ -84,8 +85,10 @@ class Bus:
             for tp, records in batch.items():
                 for r in records:
                     headers = {k: v.decode(errors="replace") for k, v in r.headers}
-                    key = (r.key or b"").decode()
+                    key = (r.key or b"").decode(errors="replace")
                     self.received[self._roles[tp.topic]].append(Received(key, headers, r.value))
+                    if self._roles[tp.topic] == "dead_letters":
+                        self.raw_dead_letters.append(r)
             if batch:
                 self._arrived.set()
 

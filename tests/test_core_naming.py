@@ -268,3 +268,12 @@ def test_template_id_either_canonicalises_or_raises_a_spec_message(raw: str) -> 
         )
     else:
         assert str(uuid.UUID(result)) == result
+
+
+def test_a_template_id_of_36_bytes_but_fewer_characters_is_a_format_error_not_a_crash() -> None:
+    text = "a" * 8 + "-" + "😀" * 4 + "-" + "😀" * 2 + "é"
+    assert len(text.encode()) == 36
+    with pytest.raises(
+        toolcalls.InvalidArgumentError, match=r"^invalid template_id: invalid UUID format$"
+    ):
+        toolcalls.template_id(text)

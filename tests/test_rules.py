@@ -537,7 +537,7 @@ async def test_r15_a_tool_call_with_readable_ids_but_bad_arguments_gets_an_error
     call = await bus.tool_call(chat, name="dev", parameters={"cpu": 4})
     (result,) = await bus.results_for(call)
     assert result["is_error"] is True
-    assert result["content"]["error"].startswith("invalid tool call: arguments.parameters.cpu")
+    assert result["content"]["error"].startswith("invalid arguments: arguments.parameters.cpu")
     assert bus.received["dead_letters"] == []
 
 
@@ -617,3 +617,60 @@ async def test_r13_a_retry_after_the_create_timer_sends_the_same_command_again_n
         "agent_status": "no_agent",
     }
     assert await _state(db, chat) == "ready"
+
+
+async def test_r15_a_dead_letter_keeps_the_original_key_and_headers_byte_for_byte(
+    bus: Bus, running: RunningDaemon
+) -> None:
+    key = b"\x00\xffraw-key"
+    headers = [("ce_specversion", b"1.0"), ("x-bin", b"\x00\x01\xfe"), ("x-bin", b"again")]
+    await bus.producer.send_and_wait(
+        bus.conf.topic("tool_calls"), b"\x00not json", key=key, headers=headers
+    )
+    (dead,) = await bus.wait_for("dead_letters")
+    raw = [r for r in bus.raw_dead_letters if r.key == key]
+    assert len(raw) == 1
+    assert raw[0].value == b"\x00not json"
+    assert [h for h in raw[0].headers if h[0] in {"ce_specversion", "x-bin"}] == headers
+    assert dead.headers["dlq_reason"] == "header x-bin is not UTF-8"
+
+
+async def test_r15_a_tool_call_with_a_bad_owner_id_is_a_dead_letter_not_an_answer(
+    bus: Bus, running: RunningDaemon
+) -> None:
+    chat = new_id()
+    data = {
+        "tool_call_id": "bad-owner",
+        "chat_id": chat,
+        "owner_id": "nobody",
+        "tool": "create_workspace",
+        "arguments": {"template_id": ""},
+    }
+    await bus.publish("tool_calls", chat, "chat.tool_call.v1", data)
+    (dead,) = await bus.wait_for("dead_letters")
+    assert dead.headers["dlq_reason"].startswith("invalid data: owner_id")
+    assert [r for r in bus.received["tool_results"] if r.data["tool_call_id"] == "bad-owner"] == []
+
+
+async def test_r6_r7_a_workspace_stopped_and_started_again_is_followed_not_created_twice(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
+    chat = new_id()
+    first = await bus.tool_call(chat, name="dev")
+    ws = await _build_until_ready(bus, chat, first)
+    stop_job, start_job, new_agent = new_id(), new_id(), new_id()
+    await bus.job(ws, "succeeded", transition="stop", job_id=stop_job)
+    await bus.job(ws, "succeeded", transition="start", job_id=start_job, agents=[new_agent])
+    await bus.heartbeat(new_agent, ws["workspace_id"])
+    for _ in range(100):
+        row = await db.fetchrow(
+            "SELECT job_id::text, agent_id::text FROM chat_workspaces WHERE chat_id = $1", chat
+        )
+        if row["job_id"] == start_job:
+            break
+        await asyncio.sleep(0.05)
+    assert (row["job_id"], row["agent_id"]) == (start_job, new_agent)
+    second = await bus.tool_call(chat)
+    (result,) = await bus.results_for(second)
+    assert result["content"]["message"] == "workspace is already running and reachable"
+    assert len(bus.received["workspace_commands"]) == 1

@@ -92,22 +92,40 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     Run until ``stop`` is set (or SIGTERM/SIGINT); finish work in flight, then return.
     """
     stop = stop or asyncio.Event()
-    dsn = settings.database_url.get_secret_value()
-    created = await kafka.ensure_topics(settings)
-    if created:
-        log.info("topics_created", topics=created)
-    store = await PostgresStateStore.open(dsn, settings.topic, settings.database_pool_size)
-    producer = kafka.producer(settings, "workspaced-relay")
+    # From the first moment: SIGTERM during start-up stops cleanly too.
+    signals = _stop_on_signals(stop)
     try:
-        await _check_schema(store)
-        await migrate.record_settings(store.pool, settings_rows(settings))
-        with kafka.translated():
-            await producer.start()
-        await _serve(settings, store, producer, stop)
+        dsn = settings.database_url.get_secret_value()
+        created = await kafka.ensure_topics(settings)
+        if created:
+            log.info("topics_created", topics=created)
+        store = await PostgresStateStore.open(dsn, settings.topic, settings.database_pool_size)
+        producer = kafka.producer(settings, "workspaced-relay")
+        try:
+            await _check_schema(store)
+            await migrate.record_settings(store.pool, settings_rows(settings))
+            with kafka.translated():
+                await producer.start()
+            if not stop.is_set():
+                await _serve(settings, store, producer, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await store.close()
     finally:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        await store.close()
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    added = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            added.append(sig)
+    return added
 
 
 async def _serve(
@@ -142,10 +160,6 @@ async def _serve(
         return report
 
     consumer = KafkaEventConsumer(settings, handle, is_retryable=_retryable)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     log.info(
         "daemon_started",
         kafka=settings.kafka_bootstrap_servers,
@@ -172,9 +186,6 @@ async def _serve(
             if not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(task), 10)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
         log.info(
             "daemon_stopped",
             batches=stats.batches,

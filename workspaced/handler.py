@@ -9,9 +9,10 @@ through ``statemachine.decide`` and write the rows, history and outbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumers import codec
@@ -27,6 +28,9 @@ log = logs.get(__name__)
 Item = codec.Inbound | codec.DeadLetter
 _NIL_OWNER = "00000000-0000-0000-0000-000000000000"
 _CONFLICT_RETRIES = 5
+# Apache Kafka refuses records over about 1 MB by default (message.max.bytes);
+# a dead letter's value is cut below that, leaving room for its headers.
+DEAD_LETTER_MAX_VALUE_BYTES = 960 * 1024
 
 
 def utcnow() -> datetime:
@@ -48,7 +52,6 @@ class BatchReport:
     transitions: int = 0
     outbox_written: int = 0
     earliest_deadline: datetime | None = None
-    dead_letter_reasons: list[str] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
         """
@@ -59,7 +62,6 @@ class BatchReport:
         self.dead_lettered += other.dead_lettered
         self.transitions += other.transitions
         self.outbox_written += other.outbox_written
-        self.dead_letter_reasons += other.dead_letter_reasons
         if other.earliest_deadline is not None and (
             self.earliest_deadline is None or other.earliest_deadline < self.earliest_deadline
         ):
@@ -100,8 +102,8 @@ class BatchHandler:
         """
         try:
             return await self._with_retries(items)
-        except errors.StorageUnavailableError:
-            raise
+        except (errors.StorageUnavailableError, errors.ConflictError):
+            raise  # not the records' fault: the consumer retries the batch later
         except Exception as exc:  # one poison record must not stop the stream
             if not await self._store.healthy():
                 # Not the records' fault: retry the batch later, dead-letter nothing.
@@ -128,9 +130,21 @@ class BatchHandler:
     async def _dead_letter_poison(self, item: Item, exc: Exception) -> BatchReport:
         dead = codec.DeadLetter(f"could not be applied: {exc}", item.record)
         _log_dead_letter(dead, error=True)
-        async with self._store.transaction() as tx:
-            await tx.add_outbox([self._dead_letter_record(dead)])
-        return BatchReport(dead_lettered=1, outbox_written=1, dead_letter_reasons=[dead.reason])
+        record = self._dead_letter_record(dead)
+        try:
+            async with self._store.transaction() as tx:
+                await tx.add_outbox([record])
+        except errors.StorageUnavailableError:
+            raise
+        except errors.StorageError as again:
+            # Last resort: the dead letter without the original bytes, so the
+            # stream goes on and the reason and position are still published.
+            log.exception("dead_letter_stripped", error=str(again), topic=item.record.topic)
+            kept = tuple((k, v) for k, v in record.headers or () if k.startswith("dlq_"))
+            stripped = dataclasses.replace(record, key=None, payload=None, headers=kept)
+            async with self._store.transaction() as tx:
+                await tx.add_outbox([stripped])
+        return BatchReport(dead_lettered=1, outbox_written=1)
 
     async def fire_timers(self, limit: int = 500) -> tuple[int, datetime | None]:
         """
@@ -151,6 +165,7 @@ class BatchHandler:
     ) -> BatchReport:
         dead = [i for i in items if isinstance(i, codec.DeadLetter)]
         inbound = [i for i in items if isinstance(i, codec.Inbound)]
+        await tx.lock_workspaces(_workspaces_of(inbound))
         fresh, duplicates = await self._dedupe(tx, inbound)
         beats = [i.event for i in fresh if isinstance(i.event, codec.HeartbeatReported)]
         reports = [i.event for i in fresh if isinstance(i.event, codec.JobReported)]
@@ -166,11 +181,13 @@ class BatchHandler:
                 owners.setdefault(event.chat_id, event.owner_id)
             if not isinstance(event, codec.HeartbeatReported | codec.JobReported):
                 per_chat.append((event.chat_id, event))
+        by_workspace: dict[str, list[ev.JobChanged]] = {}
+        for change in changed_jobs:
+            by_workspace.setdefault(change.job.workspace_id, []).append(change)
         per_chat += [
             (chat_id, change)
             for chat_id, workspace_id in job_chats
-            for change in changed_jobs
-            if change.job.workspace_id == workspace_id
+            for change in by_workspace.get(workspace_id, ())
         ]
         seen_at = {b.agent_id: min(b.occurred_at, now) for b in beats}
         per_chat += [
@@ -189,7 +206,6 @@ class BatchHandler:
         report.applied = len(fresh)
         report.duplicates = duplicates
         report.dead_lettered = len(dead)
-        report.dead_letter_reasons = [d.reason for d in dead]
         return report
 
     async def _dedupe(
@@ -204,7 +220,7 @@ class BatchHandler:
                 fresh.append(item)
             else:
                 keyed.setdefault((item.source, item.ce_id), item)
-        claimed = await tx.claim_inbox(list(keyed))
+        claimed = await tx.claim_inbox(sorted(keyed))  # sorted: a fixed lock order
         fresh += [item for key, item in keyed.items() if key in claimed]
         order = {id(item): n for n, item in enumerate(inbound)}
         fresh.sort(key=lambda item: order[id(item)])
@@ -222,7 +238,7 @@ class BatchHandler:
             if merged is not None:
                 known[merged.job_id] = merged
                 changed[merged.job_id] = ev.JobChanged(report.event_id, merged)
-        await tx.save_jobs(c.job for c in changed.values())
+        await tx.save_jobs(changed[job_id].job for job_id in sorted(changed))
         return list(changed.values())
 
     async def _fold(
@@ -233,6 +249,10 @@ class BatchHandler:
         extra: list[OutboxRecord],
         now: datetime,
     ) -> BatchReport:
+        if not per_chat:  # heartbeats nobody waits on, duplicates, dead letters
+            if extra:
+                await tx.add_outbox(extra)
+            return BatchReport(outbox_written=tx.outbox_written)
         chats = await tx.lock_chats((c for c, _ in per_chat), owners, now)
         facts = await self._facts(tx, chats, per_chat)
         ctx = decide.Context(now, facts, self._timeouts, self._rng)
@@ -286,27 +306,39 @@ class BatchHandler:
 
     def _dead_letter_record(self, dead: codec.DeadLetter) -> OutboxRecord:
         record = dead.record
-        headers = {name: value.decode(errors="replace") for name, value in record.headers}
-        headers |= {
-            "dlq_reason": dead.reason,
+        added = {
+            "dlq_reason": dead.reason.replace("\x00", "\\0"),
             "dlq_topic": record.topic,
             "dlq_partition": str(record.partition),
             "dlq_offset": str(record.offset),
         }
-        value = record.value or b""
-        if len(value) > self._max_record_bytes:
-            # Keep what can be published; the header says how much there was.
-            headers["dlq_original_bytes"] = str(len(value))
-            value = value[: self._max_record_bytes]
+        value = record.value
+        limit = min(self._max_record_bytes, DEAD_LETTER_MAX_VALUE_BYTES)
+        if value is not None and len(value) > limit:
+            # Keep what the broker will take; the header says how much there was.
+            added["dlq_original_bytes"] = str(len(value))
+            value = value[:limit]
+        headers = (*record.headers, *((k, v.encode()) for k, v in added.items()))
         return OutboxRecord(
             self._dead_letter_topic,
-            (record.key or b"").decode(errors="replace"),
+            record.key,
             ids.derive("dead_letter", record.topic, record.partition, record.offset),
             "",
             utcnow(),
             value,
             headers,
         )
+
+
+def _workspaces_of(inbound: Sequence[codec.Inbound]) -> set[str]:
+    found = set()
+    for item in inbound:
+        event = item.event
+        if isinstance(event, codec.HeartbeatReported | ev.CreateAccepted):
+            found.add(event.workspace_id)
+        elif isinstance(event, codec.JobReported):
+            found.add(event.job.workspace_id)
+    return found
 
 
 def _log_dead_letter(dead: codec.DeadLetter, *, error: bool = False) -> None:

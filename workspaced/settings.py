@@ -164,10 +164,14 @@ def redact_url(url: str) -> str:
     Replace the password of a URL by ``***`` so it can be logged.
     """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{k}=***" if k.lower() in {"password", "sslpassword"} else f"{k}={v}" if sep else k
+        for k, sep, v in (p.partition("=") for p in parts.query.split("&") if p)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _config_files() -> list[Path]:

@@ -22,6 +22,7 @@ from workspaced import logs
 from workspaced.handler import BatchHandler, utcnow
 
 log = logs.get(__name__)
+_MIN_SLEEP_S = 0.05
 
 
 class TimerScheduler:
@@ -67,6 +68,9 @@ class TimerScheduler:
         Fire timers until ``stop`` is set.
         """
         while not stop.is_set():
+            # Cleared before reading: a nudge that lands during the reads wakes
+            # the wait below at once instead of being lost.
+            self._wake.clear()
             try:
                 await self._fire_due()
                 self._target = await store.next_deadline(self._pool)
@@ -78,8 +82,8 @@ class TimerScheduler:
             now = self._clock()
             sleep_s = self._sweep_s
             if self._target is not None:
-                sleep_s = max(0.0, min(sleep_s, (self._target - now).total_seconds()))
-            self._wake.clear()
+                # A due row another instance holds: look again shortly, do not spin.
+                sleep_s = max(_MIN_SLEEP_S, min(sleep_s, (self._target - now).total_seconds()))
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             await asyncio.wait(waits, timeout=sleep_s, return_when=asyncio.FIRST_COMPLETED)
             for task in waits:

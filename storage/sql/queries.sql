@@ -7,6 +7,10 @@ SELECT * FROM unnest($1::text[], $2::text[])
 ON CONFLICT DO NOTHING
 RETURNING source, id;
 
+-- name: workspaces_lock
+-- Transaction-scoped advisory locks, taken in the (sorted) order given.
+SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k;
+
 -- name: inbox_prune
 DELETE FROM inbox WHERE received_at < $1;
 
@@ -14,9 +18,9 @@ DELETE FROM inbox WHERE received_at < $1;
 INSERT INTO agents (agent_id, workspace_id, lifecycle_state, last_seen_at)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
 ON CONFLICT (agent_id) DO UPDATE SET
-    last_seen_at = greatest(agents.last_seen_at, excluded.last_seen_at),
-    lifecycle_state = CASE WHEN excluded.last_seen_at >= agents.last_seen_at
-                           THEN excluded.lifecycle_state ELSE agents.lifecycle_state END;
+    last_seen_at = excluded.last_seen_at, lifecycle_state = excluded.lifecycle_state
+-- An older or repeated heartbeat writes nothing (no dead tuple).
+WHERE excluded.last_seen_at > agents.last_seen_at;
 
 -- name: chats_waiting_on_agents
 SELECT chat_id::text, agent_id::text FROM chat_workspaces
@@ -103,8 +107,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: outbox_add
 INSERT INTO outbox (topic, key, ce_id, ce_type, ce_time, payload, headers)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                     $6::bytea[], $7::jsonb[]);
+SELECT t, k, i, y, m, p, h::jsonb
+FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::bytea[], $7::text[]) AS x(t, k, i, y, m, p, h);
 
 -- name: outbox_claim
 SELECT id, topic, key, ce_id, ce_type, ce_time, payload, headers

@@ -72,14 +72,16 @@ CREATE TABLE inbox (
 CREATE INDEX inbox_received ON inbox (received_at);
 
 -- Every output, written in the transaction that decided it (R16).
+-- Keys, values and dead letters' headers are bytes: a dead letter is the
+-- original record, whatever it holds (headers: [[name, base64], ...]).
 CREATE TABLE outbox (
     id          bigserial PRIMARY KEY,
     topic       text NOT NULL,
-    key         text NOT NULL,
+    key         bytea,
     ce_id       text NOT NULL,
     ce_type     text NOT NULL,
     ce_time     timestamptz NOT NULL,
-    payload     bytea NOT NULL,
+    payload     bytea,
     headers     jsonb,
     created_at  timestamptz NOT NULL DEFAULT now()
 );

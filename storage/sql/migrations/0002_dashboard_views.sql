@@ -18,11 +18,16 @@ FROM (VALUES ('none'), ('creating'), ('building'), ('agent_waiting'), ('ready'),
 LEFT JOIN chat_workspaces c ON c.state = s.state
 GROUP BY s.state;
 
--- Chats whose deadline passed and whose timer has not fired yet.
+-- Chats past their timeout: a deadline that passed and has not fired yet, or
+-- a chat still in agent_waiting after its agent timer fired (no deadline left).
 CREATE VIEW workspace_stuck_chats AS
-SELECT chat_id, state, state_entered_at, deadline_at, now() - deadline_at AS overdue_by
+SELECT chat_id, state, state_entered_at, deadline_at,
+       now() - coalesce(deadline_at, state_entered_at + make_interval(secs =>
+           (SELECT value FROM workspaced_settings
+            WHERE name = 'agent_connect_timeout_seconds'))) AS overdue_by
 FROM chat_workspaces
-WHERE deadline_at IS NOT NULL AND deadline_at < now();
+WHERE (deadline_at IS NOT NULL AND deadline_at < now())
+   OR (state = 'agent_waiting' AND deadline_at IS NULL);
 
 -- Time spent in each state, over the transitions that left it.
 CREATE VIEW workspace_state_durations AS
