@@ -98,6 +98,7 @@ def daemon_env(conf: Settings) -> dict[str, str]:
         "CONSUMER_GROUP": conf.consumer_group,
         "KAFKA_SESSION_TIMEOUT_MS": str(conf.kafka_session_timeout_ms),
         "KAFKA_HEARTBEAT_INTERVAL_MS": str(conf.kafka_heartbeat_interval_ms),
+        "KAFKA_FETCH_MAX_WAIT_MS": str(conf.kafka_fetch_max_wait_ms),
         "TOPIC_PARTITIONS": str(conf.topic_partitions),
         "LOG_LEVEL": "warning",
         "LOG_FORMAT": "json",
@@ -347,6 +348,8 @@ async def stack(
         consumer_group=f"bench-{name}-{suffix}",
         kafka_session_timeout_ms=2000,
         kafka_heartbeat_interval_ms=300,
+        # Tansu does not answer a waiting fetch when data arrives (see settings).
+        kafka_fetch_max_wait_ms=10 if svc.broker_kind == "tansu" else 100,
         topic_partitions=8,
         log_level="warning",
     )

@@ -67,7 +67,9 @@ def common(settings: Settings, client_id: str) -> dict[str, Any]:
     return options
 
 
-def producer(settings: Settings, client_id: str = "workspaced") -> aiokafka.AIOKafkaProducer:
+def producer(
+    settings: Settings, client_id: str = "workspaced", linger_ms: int = 2
+) -> aiokafka.AIOKafkaProducer:
     """
     Return a producer that works on Tansu and Apache Kafka alike.
     """
@@ -75,7 +77,7 @@ def producer(settings: Settings, client_id: str = "workspaced") -> aiokafka.AIOK
         **common(settings, client_id),
         acks="all",
         enable_idempotence=False,
-        linger_ms=2,
+        linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         # Dead letters carry up to max_record_bytes of the original value.
         max_request_size=max(settings.max_record_bytes + 65_536, 1_048_576),
@@ -94,7 +96,7 @@ def consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_partition_fetch_bytes": max(settings.max_record_bytes * 2, 1_048_576),
-        "fetch_max_wait_ms": 100,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
         "rebalance_timeout_ms": settings.kafka_session_timeout_ms,

@@ -250,73 +250,61 @@ class StateTransaction:
         extra: Sequence[OutboxRecord] = (),
     ) -> None:
         """
-        Write changed rows and perform effects: history, waits, answers, outbox.
+        Write changed rows and perform effects (history, calls, outbox) in one statement.
         """
         rows = [_row_args(c) for c in chats]
-        history, waits, answers, outbox = self._split(done)
-        outbox = [*extra, *outbox]
-        conn = self._conn
-        with errors.translated():
-            if rows:
-                await conn.executemany(sql("chats_save"), rows)
-            if history:
-                await conn.executemany(sql("transitions_record"), history)
-            if waits:
-                await conn.executemany(sql("calls_wait"), waits)
-            if answers:
-                await conn.executemany(sql("calls_answer"), answers)
-            if outbox:
-                await self.add_outbox(outbox)
-        for chat in rows:
-            deadline = chat[17]
-            if deadline is not None and (
-                self.earliest_deadline is None or deadline < self.earliest_deadline
-            ):
-                self.earliest_deadline = deadline
-
-    def _split(
-        self, done: Sequence[effects.Effect]
-    ) -> tuple[list[Any], list[Any], list[Any], list[OutboxRecord]]:
-        history, waits, answers, outbox = [], [], [], []
+        history: list[tuple[Any, ...]] = []
+        calls: dict[str, list[Any]] = {}
+        outbox = list(extra)
         for effect in done:
             match effect:
                 case effects.RecordTransition():
                     history.append(_history_args(effect))
                 case effects.Wait():
-                    waits.append(
-                        (
-                            effect.tool_call_id,
+                    calls.setdefault(
+                        effect.tool_call_id,
+                        [
                             effect.chat_id,
                             effect.creator,
                             effect.event_id,
                             effect.occurred_at,
-                        )
+                            None,
+                            None,
+                        ],
                     )
                 case effects.Answer():
-                    answer = {"is_error": effect.is_error, "content": effect.content}
-                    answers.append(
-                        (effect.tool_call_id, effect.chat_id, effect.occurred_at, answer)
+                    answer = orjson.dumps({"is_error": effect.is_error, "content": effect.content})
+                    call = calls.setdefault(
+                        effect.tool_call_id,
+                        [effect.chat_id, False, "", effect.occurred_at, None, None],
                     )
+                    call[4], call[5] = effect.occurred_at, answer.decode()
                     outbox.append(_answer_record(effect, self._topic_name))
                 case effects.Publish():
                     outbox.append(_publish_record(effect, self._topic_name))
-        return history, waits, answers, outbox
+        with errors.translated():
+            await self._conn.execute(
+                sql("batch_save"),
+                *_columns(rows, 19),
+                *_columns(history, 8),
+                list(calls),
+                *_columns([tuple(c) for c in calls.values()], 6),
+                *_outbox_columns(outbox),
+            )
+        self.outbox_written += len(outbox)
+        for row in rows:
+            deadline = row[17]
+            if deadline is not None and (
+                self.earliest_deadline is None or deadline < self.earliest_deadline
+            ):
+                self.earliest_deadline = deadline
 
     async def add_outbox(self, records: Sequence[OutboxRecord]) -> None:
         """
         Append records to the outbox and wake the relays when the transaction commits.
         """
         with errors.translated():
-            await self._conn.execute(
-                sql("outbox_add"),
-                [r.topic for r in records],
-                [r.key for r in records],
-                [r.ce_id for r in records],
-                [r.ce_type for r in records],
-                [r.ce_time for r in records],
-                [r.payload for r in records],
-                [_encode_headers(r.headers) for r in records],
-            )
+            await self._conn.execute(sql("outbox_add"), *_outbox_columns(records))
             if not self.outbox_written:
                 await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
         self.outbox_written += len(records)
@@ -328,6 +316,25 @@ class StateTransaction:
         with errors.translated():
             rows = await self._conn.fetch(sql("timers_claim"), now, limit)
         return [(r["chat_id"], r["version"]) for r in rows]
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """
+    Turn rows into one list per column, for ``unnest``.
+    """
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _outbox_columns(records: Sequence[OutboxRecord]) -> list[list[Any]]:
+    return [
+        [r.topic for r in records],
+        [r.key for r in records],
+        [r.ce_id for r in records],
+        [r.ce_type for r in records],
+        [r.ce_time for r in records],
+        [r.payload for r in records],
+        [_encode_headers(r.headers) for r in records],
+    ]
 
 
 def _encode_headers(headers: tuple[tuple[str, bytes], ...] | None) -> str | None:
@@ -367,7 +374,7 @@ def _row_args(row: ChatWorkspace) -> tuple[Any, ...]:
         row.requested_name,
         row.last_error,
         row.deadline_at,
-        [list(pair) for pair in row.parameters],
+        orjson.dumps(row.parameters).decode(),
     )
 
 
@@ -380,7 +387,7 @@ def _history_args(effect: effects.RecordTransition) -> tuple[Any, ...]:
         effect.event_id,
         effect.version,
         effect.occurred_at,
-        dict(effect.detail),
+        orjson.dumps(effect.detail).decode(),
     )
 
 

@@ -101,6 +101,7 @@ def make_settings(services: Services, database_url: str, **overrides: Any) -> se
         "consumer_group": f"g{suffix}",
         "kafka_session_timeout_ms": 2000,
         "kafka_heartbeat_interval_ms": 300,
+        "kafka_fetch_max_wait_ms": 10 if services.broker_kind == "tansu" else 100,
         "topic_partitions": 4,
         "outbox_sweep_seconds": 1.0,
         "timer_sweep_seconds": 5.0,

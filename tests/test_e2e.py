@@ -32,6 +32,7 @@ def _env(conf: Settings) -> dict[str, str]:
         "CONSUMER_GROUP": conf.consumer_group,
         "KAFKA_SESSION_TIMEOUT_MS": str(conf.kafka_session_timeout_ms),
         "KAFKA_HEARTBEAT_INTERVAL_MS": str(conf.kafka_heartbeat_interval_ms),
+        "KAFKA_FETCH_MAX_WAIT_MS": str(conf.kafka_fetch_max_wait_ms),
         "TOPIC_PARTITIONS": str(conf.topic_partitions),
         "AGENT_CONNECT_TIMEOUT_SECONDS": str(conf.agent_connect_timeout_seconds),
         "LOG_FORMAT": "json",

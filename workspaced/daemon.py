@@ -100,7 +100,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if created:
             log.info("topics_created", topics=created)
         store = await PostgresStateStore.open(dsn, settings.topic, settings.database_pool_size)
-        producer = kafka.producer(settings, "workspaced-relay")
+        # No linger: the relay sends whole batches, which fill Kafka batches
+        # by themselves, and a lone tool result should not wait.
+        producer = kafka.producer(settings, "workspaced-relay", linger_ms=0)
         try:
             await _check_schema(store)
             await migrate.record_settings(store.pool, settings_rows(settings))

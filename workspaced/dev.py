@@ -72,6 +72,7 @@ def main(
                 "kafka_bootstrap_servers": broker.bootstrap_servers,
                 "kafka_session_timeout_ms": 2000,
                 "kafka_heartbeat_interval_ms": 300,
+                "kafka_fetch_max_wait_ms": 10,
             }
             up = f"embedded Tansu, up in {broker.startup_s:.2f} s"
             _say(f"Kafka       {broker.bootstrap_servers}  ({up})")

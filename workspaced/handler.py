@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -272,7 +273,7 @@ class BatchHandler:
             chats[chat_id] = decision.chat
         await tx.save(changed.values(), done, extra)
         transitions = [e for e in done if isinstance(e, effects.RecordTransition)]
-        for t in transitions:
+        for t in transitions if logging.getLogger(__name__).isEnabledFor(logging.DEBUG) else ():
             log.debug(
                 "transition_applied",
                 chat_id=t.chat_id,

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # default); the embedded brokers allow shorter ones, which make joins fast.
     kafka_session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
+    # Apache Kafka answers a waiting fetch as soon as data arrives; Tansu does
+    # not, so with it this wait is latency (dev and tests use 10 ms on Tansu).
+    kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000)
     topic_partitions: int = Field(8, ge=1, le=10_000)
     topic_replication_factor: int = Field(1, ge=1, le=10)
 

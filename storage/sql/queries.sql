@@ -72,14 +72,6 @@ SELECT chat_id::text, owner_id::text, state, version, state_entered_at, created_
 FROM chat_workspaces WHERE chat_id = ANY($1::uuid[])
 ORDER BY chat_id FOR UPDATE;
 
--- name: chats_save
-UPDATE chat_workspaces SET
-    owner_id = $2, state = $3, version = $4, state_entered_at = $5, updated_at = $6,
-    workspace_id = $7, workspace_name = $8, owner_name = $9, build_id = $10, job_id = $11,
-    agent_id = $12, agent_status = $13, template_id = $14, command_id = $15,
-    requested_name = $16, last_error = $17, deadline_at = $18, parameters = $19
-WHERE chat_id = $1;
-
 -- name: waiters_of
 SELECT tool_call_id, chat_id::text, creator FROM tool_calls
 WHERE chat_id = ANY($1::uuid[]) AND answered_at IS NULL
@@ -88,22 +80,58 @@ ORDER BY received_at, tool_call_id;
 -- name: calls_known
 SELECT tool_call_id, chat_id::text, answer FROM tool_calls WHERE tool_call_id = ANY($1::text[]);
 
--- name: calls_wait
-INSERT INTO tool_calls (tool_call_id, chat_id, creator, event_id, received_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (tool_call_id) DO NOTHING;
-
--- name: calls_answer
-INSERT INTO tool_calls (tool_call_id, chat_id, event_id, received_at, answered_at, answer)
-VALUES ($1, $2, '', $3, $3, $4)
-ON CONFLICT (tool_call_id) DO UPDATE SET
-    answered_at = coalesce(tool_calls.answered_at, excluded.answered_at),
-    answer = coalesce(tool_calls.answer, excluded.answer);
-
--- name: transitions_record
-INSERT INTO workspace_transitions
-    (chat_id, from_state, to_state, trigger, event_id, version, occurred_at, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+-- name: batch_save
+-- Everything a batch decided, in one round trip: changed chats, history rows,
+-- tool calls (waiting or answered, merged per call beforehand), outbox rows,
+-- and a NOTIFY for the relays when there are outbox rows.
+WITH chats AS (
+    UPDATE chat_workspaces c SET
+        owner_id = u.owner_id, state = u.state, version = u.version,
+        state_entered_at = u.state_entered_at, updated_at = u.updated_at,
+        workspace_id = u.workspace_id, workspace_name = u.workspace_name,
+        owner_name = u.owner_name, build_id = u.build_id, job_id = u.job_id,
+        agent_id = u.agent_id, agent_status = u.agent_status, template_id = u.template_id,
+        command_id = u.command_id, requested_name = u.requested_name,
+        last_error = u.last_error, deadline_at = u.deadline_at,
+        parameters = u.parameters::jsonb
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],
+                $6::timestamptz[], $7::uuid[], $8::text[], $9::text[], $10::uuid[],
+                $11::uuid[], $12::uuid[], $13::text[], $14::uuid[], $15::uuid[], $16::text[],
+                $17::text[], $18::timestamptz[], $19::text[])
+         AS u(chat_id, owner_id, state, version, state_entered_at, updated_at, workspace_id,
+              workspace_name, owner_name, build_id, job_id, agent_id, agent_status,
+              template_id, command_id, requested_name, last_error, deadline_at, parameters)
+    WHERE c.chat_id = u.chat_id
+    RETURNING 1
+), history AS (
+    INSERT INTO workspace_transitions
+        (chat_id, from_state, to_state, trigger, event_id, version, occurred_at, detail)
+    SELECT c, f, t, g, e, v, o, d::jsonb
+    FROM unnest($20::uuid[], $21::text[], $22::text[], $23::text[], $24::text[], $25::bigint[],
+                $26::timestamptz[], $27::text[]) AS x(c, f, t, g, e, v, o, d)
+    RETURNING 1
+), calls AS (
+    INSERT INTO tool_calls
+        (tool_call_id, chat_id, creator, event_id, received_at, answered_at, answer)
+    SELECT i, c, w, e, r, a, n::jsonb
+    FROM unnest($28::text[], $29::uuid[], $30::bool[], $31::text[], $32::timestamptz[],
+                $33::timestamptz[], $34::text[]) AS x(i, c, w, e, r, a, n)
+    ON CONFLICT (tool_call_id) DO UPDATE SET
+        answered_at = coalesce(tool_calls.answered_at, excluded.answered_at),
+        answer = coalesce(tool_calls.answer, excluded.answer)
+    RETURNING 1
+), outgoing AS (
+    INSERT INTO outbox (topic, key, ce_id, ce_type, ce_time, payload, headers)
+    SELECT t, k, i, y, m, p, h::jsonb
+    FROM unnest($35::text[], $36::bytea[], $37::text[], $38::text[], $39::timestamptz[],
+                $40::bytea[], $41::text[]) AS x(t, k, i, y, m, p, h)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM history)
+       + (SELECT count(*) FROM calls) AS written,
+       (SELECT count(*) FROM outgoing) AS published,
+       CASE WHEN (SELECT count(*) FROM outgoing) > 0
+            THEN pg_notify('workspaced_outbox', '') END AS notified;
 
 -- name: outbox_add
 INSERT INTO outbox (topic, key, ce_id, ce_type, ce_time, payload, headers)
