@@ -84,6 +84,7 @@ def _job(record: asyncpg.Record) -> Job:
 
 def _row(record: asyncpg.Record) -> ChatWorkspace:
     values = dict(record)
+    del values["waiters"]
     values["state"] = State(values["state"])
     values["parameters"] = tuple((name, value) for name, value in values["parameters"])
     return ChatWorkspace(**values)
@@ -204,11 +205,9 @@ class StateTransaction:
                     sql("chats_create_missing"), new, [owners[c] for c in new], now
                 )
             rows = await self._conn.fetch(sql("chats_lock"), ids)
-            waiting = await self._conn.fetch(sql("waiters_of"), ids)
-        waiters: dict[str, list[Waiter]] = {}
-        for w in waiting:
-            waiters.setdefault(w["chat_id"], []).append(Waiter(w["tool_call_id"], w["creator"]))
-        return {r["chat_id"]: Chat(_row(r), tuple(waiters.get(r["chat_id"], ()))) for r in rows}
+        return {
+            r["chat_id"]: Chat(_row(r), tuple(Waiter(i, c) for i, c in r["waiters"])) for r in rows
+        }
 
     async def load_facts(
         self,
@@ -220,15 +219,20 @@ class StateTransaction:
         """
         Return known jobs, agents' last heartbeats, latest builds and past tool calls.
         """
-        jobs = {r["job_id"]: _job(r) for r in await self._fetch("jobs_get", job_ids)}
-        more_agents = [j.agents[0].id for j in jobs.values() if j.agents]
-        seen = {
-            r["agent_id"]: r["last_seen_at"]
-            for r in await self._fetch("agents_seen", [*agent_ids, *more_agents])
-        }
-        latest = {
-            r["workspace_id"]: _job(r) for r in await self._fetch("latest_builds", workspace_ids)
-        }
+        jobs: dict[str, Job] = {}
+        seen: dict[str, datetime] = {}
+        latest: dict[str, Job] = {}
+        keys = [list(set(job_ids)), list(set(agent_ids)), list(set(workspace_ids))]
+        if any(keys):
+            with errors.translated():
+                rows = await self._conn.fetch(sql("facts"), *keys)
+            for r in rows:
+                if r["kind"] == "seen":
+                    seen[r["job_id"]] = r["occurred_at"]
+                elif r["kind"] == "job":
+                    jobs[r["job_id"]] = _job(r)
+                else:
+                    latest[r["workspace_id"]] = _job(r)
         calls = {
             r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
             for r in await self._fetch("calls_known", tool_call_ids)

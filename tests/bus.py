@@ -52,7 +52,10 @@ class Bus:
         self.conf = conf
         self.producer = kafka.producer(conf, "test-bus")
         self.reader = AIOKafkaConsumer(
-            **kafka.common(conf, "test-reader"), enable_auto_commit=False, group_id=None
+            **kafka.common(conf, "test-reader"),
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=conf.kafka_fetch_max_wait_ms,
         )
         self.received: dict[str, list[Received]] = {role: [] for role in OUTPUTS}
         self.raw_dead_letters: list[Any] = []  # as Kafka gave them: bytes, repeated headers

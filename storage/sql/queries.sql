@@ -26,9 +26,6 @@ WHERE excluded.last_seen_at > agents.last_seen_at;
 SELECT chat_id::text, agent_id::text FROM chat_workspaces
 WHERE state = 'agent_waiting' AND agent_id = ANY($1::uuid[]);
 
--- name: agents_seen
-SELECT agent_id::text, last_seen_at FROM agents WHERE agent_id = ANY($1::uuid[]);
-
 -- name: jobs_lock
 SELECT job_id::text, workspace_id::text, build_id::text, transition, status, error,
        agents, occurred_at
@@ -43,17 +40,28 @@ ON CONFLICT (job_id) DO UPDATE SET
     status = excluded.status, error = excluded.error, agents = excluded.agents,
     occurred_at = excluded.occurred_at, updated_at = now();
 
--- name: jobs_get
-SELECT job_id::text, workspace_id::text, build_id::text, transition, status, error,
-       agents, occurred_at
-FROM provisioner_jobs WHERE job_id = ANY($1::uuid[]);
-
--- name: latest_builds
-SELECT DISTINCT ON (workspace_id)
-       job_id::text, workspace_id::text, build_id::text, transition, status, error,
-       agents, occurred_at
-FROM provisioner_jobs WHERE workspace_id = ANY($1::uuid[])
-ORDER BY workspace_id, occurred_at DESC;
+-- name: facts
+-- The facts a batch's decisions need, in one round trip: jobs by id ('job'),
+-- the latest build of each workspace ('latest'), and the last heartbeat ('seen')
+-- of the given agents and of each job's first agent.
+WITH jobs AS (
+    SELECT 'job' AS kind, job_id::text, workspace_id::text, build_id::text, transition,
+           status, error, agents, occurred_at
+    FROM provisioner_jobs WHERE job_id = ANY($1::uuid[])
+), latest AS (
+    SELECT DISTINCT ON (workspace_id)
+           'latest' AS kind, job_id::text, workspace_id::text, build_id::text, transition,
+           status, error, agents, occurred_at
+    FROM provisioner_jobs WHERE workspace_id = ANY($3::uuid[])
+    ORDER BY workspace_id, occurred_at DESC
+), seen AS (
+    SELECT 'seen' AS kind, agent_id::text AS job_id, NULL::text, NULL::text, NULL::text,
+           NULL::text, NULL::text, NULL::jsonb, last_seen_at
+    FROM agents
+    WHERE agent_id = ANY($2::uuid[] || ARRAY(
+        SELECT (agents -> 0 ->> 'id')::uuid FROM jobs WHERE jsonb_array_length(agents) > 0))
+)
+SELECT * FROM jobs UNION ALL SELECT * FROM latest UNION ALL SELECT * FROM seen;
 
 -- name: chats_bound_to_workspaces
 SELECT chat_id::text, workspace_id::text FROM chat_workspaces WHERE workspace_id = ANY($1::uuid[]);
@@ -68,14 +76,14 @@ ON CONFLICT (chat_id) DO NOTHING;
 SELECT chat_id::text, owner_id::text, state, version, state_entered_at, created_at,
        updated_at, workspace_id::text, workspace_name, owner_name, build_id::text,
        job_id::text, agent_id::text, agent_status, template_id::text, command_id::text,
-       requested_name, parameters, last_error, deadline_at
-FROM chat_workspaces WHERE chat_id = ANY($1::uuid[])
-ORDER BY chat_id FOR UPDATE;
-
--- name: waiters_of
-SELECT tool_call_id, chat_id::text, creator FROM tool_calls
-WHERE chat_id = ANY($1::uuid[]) AND answered_at IS NULL
-ORDER BY received_at, tool_call_id;
+       requested_name, parameters, last_error, deadline_at,
+       -- the calls waiting on the chat, oldest first, as [[id, creator], ...]
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(t.tool_call_id, t.creator)
+                                  ORDER BY t.received_at, t.tool_call_id), '[]'::jsonb)
+        FROM tool_calls t
+        WHERE t.chat_id = c.chat_id AND t.answered_at IS NULL) AS waiters
+FROM chat_workspaces c WHERE chat_id = ANY($1::uuid[])
+ORDER BY chat_id FOR UPDATE OF c;
 
 -- name: calls_known
 SELECT tool_call_id, chat_id::text, answer FROM tool_calls WHERE tool_call_id = ANY($1::text[]);
