@@ -64,6 +64,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """
+    Skip asyncpg's reset (a round trip per transaction): we keep no session state.
+
+    Every lock we take is transaction-scoped, no cursor outlives its
+    transaction, and only the relay's own connection (not from this pool) LISTENs.
+    """
+    del conn
+
+
 def _jsonb_encode(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -444,7 +454,12 @@ class PostgresStateStore:
         """
         with errors.translated():
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+                dsn,
+                min_size=1,
+                max_size=size,
+                init=_init_connection,
+                reset=_keep_session,
+                command_timeout=60,
             )
         return cls(pool, topic_name)
 
