@@ -336,7 +336,14 @@ def _on_create_accepted(out: _Outcome, accepted: ev.CreateAccepted) -> None:
 
 def _on_create_rejected(out: _Outcome, rejected: ev.CreateRejected) -> None:
     row = out.row
-    if rejected.command_id != row.command_id or row.state != State.CREATING:
+    if rejected.command_id != row.command_id:
+        return
+    if _unresolved_command(row):
+        # Coder refused the command whose timer already failed the chat: it
+        # is resolved now, so the next call sends a new command, not this one.
+        out.row = dataclasses.replace(row, last_error=rejected.reason, updated_at=out.ctx.now)
+        return
+    if row.state != State.CREATING:
         return
     out.move(State.FAILED, Trigger.CREATE_REJECTED, rejected.event_id, reason=rejected.reason)
     out.answer_failed(rejected.reason, rejected.reason)

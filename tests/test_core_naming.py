@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statemachine import naming, toolcalls
+from statemachine import ids, naming, toolcalls
 
 GENERATED = re.compile(r"^(?P<base>[a-z0-9]+(?:-[a-z0-9]+)*)-(?P<hex>[0-9a-f]{4})$")
 RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+$")
@@ -277,3 +277,9 @@ def test_a_template_id_of_36_bytes_but_fewer_characters_is_a_format_error_not_a_
         toolcalls.InvalidArgumentError, match=r"^invalid template_id: invalid UUID format$"
     ):
         toolcalls.template_id(text)
+
+
+@given(st.lists(st.one_of(st.text(), st.integers()), min_size=1, max_size=4))
+def test_derived_ids_are_exactly_uuid5_of_the_joined_parts(parts: list[object]) -> None:
+    expected = str(uuid.uuid5(ids.NAMESPACE, "/".join(map(str, parts))))
+    assert ids.derive(*parts) == expected

@@ -257,6 +257,8 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     # R8
     ("creating", "create_accepted"): Expect(State.BUILDING),
     ("failed_create_timed_out", "create_accepted"): Expect(State.BUILDING),
+    # A late refusal resolves the timed-out command: the chat stays failed.
+    ("failed_create_timed_out", "create_rejected"): Expect(State.FAILED),
     ("creating", "create_rejected"): Expect(State.FAILED, _both_failed(REJECTION, REJECTION)),
     # R9
     ("building", "job_succeeded_with_agents"): Expect(State.AGENT_WAITING),
