@@ -121,50 +121,67 @@ def decode(record: RawRecord, max_bytes: int) -> Inbound | DeadLetter:
         return DeadLetter(f"could not be decoded: {type(exc).__name__}: {exc}", record)
 
 
-def _header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for name, value in headers:
-        if name not in found:
-            try:
-                found[name] = value.decode() if value is not None else ""
-            except UnicodeDecodeError:
-                msg = f"header {name} is not UTF-8"
-                raise DecodeError(msg) from None
-    return found
+_ATTRIBUTES = ("specversion", "id", "source", "type")
+_ATTRIBUTE_HEADERS = {f"ce_{name}": name for name in _ATTRIBUTES}
 
 
-def _envelope(record: RawRecord) -> tuple[str, str, str, Any]:
-    """
-    Return (source, id, type, data) from either CloudEvents mode.
-    """
-    headers = _header_map(record.headers)
-    content_type = headers.get("content-type", JSON).split(";")[0].strip().lower()
-    value = record.value or b""
-    if content_type == STRUCTURED:
-        envelope = _json(value)
-        if not isinstance(envelope, dict):
-            raise DecodeError("structured CloudEvent is not a JSON object")
-        attrs = {k: envelope.get(k) for k in ("specversion", "id", "source", "type")}
-        data = envelope.get("data")
-    elif content_type == JSON:
-        attrs = {k: headers.get(f"ce_{k}") for k in ("specversion", "id", "source", "type")}
-        data = value  # parsed by the event's model, straight from bytes (pydantic-core)
-    else:
-        msg = f"unsupported content-type {content_type!r}"
-        raise DecodeError(msg)
-    found: dict[str, str] = {}
-    for name, attr in attrs.items():
+def _header_text(name: str, value: bytes | None) -> str:
+    try:
+        return value.decode() if value is not None else ""
+    except UnicodeDecodeError:
+        msg = f"header {name} is not UTF-8"
+        raise DecodeError(msg) from None
+
+
+def _read_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[dict[str, Any], str | None]:
+    attrs: dict[str, Any] = {}
+    content_type: str | None = None
+    for name, raw in headers:
+        attribute = _ATTRIBUTE_HEADERS.get(name)
+        if attribute is not None:
+            if attribute not in attrs:
+                attrs[attribute] = _header_text(name, raw)
+        elif name == "content-type" and content_type is None:
+            content_type = _header_text(name, raw).split(";")[0].strip().lower()
+    return attrs, content_type
+
+
+def _check_attributes(attrs: dict[str, Any]) -> None:
+    for name in _ATTRIBUTES:
+        attr = attrs.get(name)
         if not isinstance(attr, str) or not attr:
             msg = f"missing CloudEvents attribute {name}"
             raise DecodeError(msg)
         if "\x00" in attr:
             msg = f"CloudEvents attribute {name} contains a NUL character"
             raise DecodeError(msg)
-        found[name] = attr
-    if found["specversion"] != "1.0":
-        msg = f"unsupported CloudEvents specversion {found['specversion']!r}"
+
+
+def _envelope(record: RawRecord) -> tuple[str, str, str, Any]:
+    """
+    Return (source, id, type, data) from either CloudEvents mode.
+
+    Only the headers CloudEvents defines are read: other headers (tracing,
+    say) may hold any bytes. The first of a repeated header counts.
+    """
+    attrs, content_type = _read_headers(record.headers)
+    value = record.value or b""
+    if content_type == STRUCTURED:
+        envelope = _json(value)
+        if not isinstance(envelope, dict):
+            raise DecodeError("structured CloudEvent is not a JSON object")
+        attrs = {name: envelope.get(name) for name in _ATTRIBUTES}
+        data = envelope.get("data")
+    elif content_type in (JSON, None):
+        data = value  # parsed by the event's model, straight from bytes (pydantic-core)
+    else:
+        msg = f"unsupported content-type {content_type!r}"
         raise DecodeError(msg)
-    return found["source"], found["id"], found["type"], data
+    _check_attributes(attrs)
+    if attrs["specversion"] != "1.0":
+        msg = f"unsupported CloudEvents specversion {attrs['specversion']!r}"
+        raise DecodeError(msg)
+    return attrs["source"], attrs["id"], attrs["type"], data
 
 
 def _json(value: bytes) -> Any:

@@ -64,16 +64,20 @@ class KafkaEventConsumer:
         self._is_retryable = is_retryable
         self._lock = asyncio.Lock()
         self._roles = {settings.topic(role): role for role in kafka.INPUT_ROLES}
-        self.idle = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """
         Consume until ``stop`` is set; the batch in flight is finished and committed.
+
+        Two stages overlap: while one batch's transaction waits on PostgreSQL,
+        the next batch is fetched and decoded. Batches still commit one at a
+        time, in order.
         """
         consumer = kafka.consumer(self._settings, [], client_id="workspaced-consumer")
         with kafka.translated():
             await consumer.start()
         consumer.subscribe(list(self._roles), listener=_FinishInFlight(self._lock))
+        in_flight: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 with kafka.translated():
@@ -81,18 +85,22 @@ class KafkaEventConsumer:
                         timeout_ms=200, max_records=self._settings.batch_max_records
                     )
                 if not batch:
-                    self.idle.set()
                     continue
-                self.idle.clear()
-                async with self._lock:
-                    if await self._apply(batch, stop):
-                        await self._commit(consumer, batch)
+                items = self._decode(batch)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self._apply(consumer, batch, items, stop))
+            if in_flight is not None:
+                await in_flight
         finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
             with kafka.translated():
                 await consumer.stop()
 
-    async def _apply(self, batch: dict[Any, list[Any]], stop: asyncio.Event) -> bool:
-        items = [
+    def _decode(self, batch: dict[Any, list[Any]]) -> list[codec.Inbound | codec.DeadLetter]:
+        limit = self._settings.max_record_bytes
+        return [
             codec.decode(
                 codec.RawRecord(
                     self._roles[tp.topic],
@@ -103,11 +111,33 @@ class KafkaEventConsumer:
                     r.value,
                     tuple(r.headers),
                 ),
-                self._settings.max_record_bytes,
+                limit,
             )
             for tp, records in batch.items()
             for r in records
         ]
+
+    async def _apply(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        batch: dict[Any, list[Any]],
+        items: list[codec.Inbound | codec.DeadLetter],
+        stop: asyncio.Event,
+    ) -> None:
+        async with self._lock:
+            # A rebalance may have taken partitions since this batch was fetched:
+            # their new owner applies those records.
+            owned = consumer.assignment()
+            if any(tp not in owned for tp in batch):
+                batch = {tp: records for tp, records in batch.items() if tp in owned}
+                kept = {(tp.topic, tp.partition) for tp in batch}
+                items = [i for i in items if (i.record.topic, i.record.partition) in kept]
+            if items and await self._handle_until_done(items, stop):
+                await self._commit(consumer, batch)
+
+    async def _handle_until_done(
+        self, items: list[codec.Inbound | codec.DeadLetter], stop: asyncio.Event
+    ) -> bool:
         delay_s = 0.2
         while True:
             try:

@@ -7,12 +7,22 @@ The same models validate inputs and produce the JSON Schemas in docs/schemas.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
-from uuid import UUID
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 ToolCallId = Field(min_length=1, max_length=255)
+
+# A UUID in canonical text form (spec section 4), lower-cased on the way in.
+# A string pattern checked by pydantic-core, not uuid.UUID objects: the same
+# contract, without building and printing an object per id on the hot path.
+UUID = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        to_lower=True,
+    ),
+]
 
 
 class _Data(BaseModel):

@@ -170,7 +170,8 @@ class BatchHandler:
         fresh, duplicates = await self._dedupe(tx, inbound)
         beats = [i.event for i in fresh if isinstance(i.event, codec.HeartbeatReported)]
         reports = [i.event for i in fresh if isinstance(i.event, codec.JobReported)]
-        waiting = await tx.record_heartbeats(_latest_beats(beats, now))
+        latest_beats = _latest_beats(beats, now)
+        waiting = await tx.record_heartbeats(latest_beats)
         changed_jobs = await self._merge_jobs(tx, reports)
         job_chats = await tx.chats_bound_to(j.job.workspace_id for j in changed_jobs)
 
@@ -190,16 +191,11 @@ class BatchHandler:
             for chat_id, workspace_id in job_chats
             for change in by_workspace.get(workspace_id, ())
         ]
-        seen_at = {b.agent_id: min(b.occurred_at, now) for b in beats}
-        per_chat += [
-            (
-                chat_id,
-                ev.AgentSeen(
-                    ids.derive("seen", agent_id, seen_at[agent_id]), agent_id, seen_at[agent_id]
-                ),
+        for chat_id, agent_id in waiting.items():
+            seen = latest_beats[agent_id][2]
+            per_chat.append(
+                (chat_id, ev.AgentSeen(ids.derive("seen", agent_id, seen), agent_id, seen))
             )
-            for chat_id, agent_id in waiting.items()
-        ]
         dead_records = [self._dead_letter_record(d) for d in dead]
         for d in dead:
             _log_dead_letter(d)
@@ -214,17 +210,19 @@ class BatchHandler:
     ) -> tuple[list[codec.Inbound], int]:
         # Heartbeats are idempotent (last_seen_at only grows), so they skip the
         # inbox: it would cost a row per heartbeat on the hottest path.
-        keyed: dict[tuple[str, str], codec.Inbound] = {}
+        keyed = {
+            (item.source, item.ce_id)
+            for item in inbound
+            if not isinstance(item.event, codec.HeartbeatReported)
+        }
+        claimed = await tx.claim_inbox(sorted(keyed))  # sorted: a fixed lock order
         fresh: list[codec.Inbound] = []
-        for item in inbound:
+        for item in inbound:  # in batch order; the first of in-batch duplicates wins
             if isinstance(item.event, codec.HeartbeatReported):
                 fresh.append(item)
-            else:
-                keyed.setdefault((item.source, item.ce_id), item)
-        claimed = await tx.claim_inbox(sorted(keyed))  # sorted: a fixed lock order
-        fresh += [item for key, item in keyed.items() if key in claimed]
-        order = {id(item): n for n, item in enumerate(inbound)}
-        fresh.sort(key=lambda item: order[id(item)])
+            elif (key := (item.source, item.ce_id)) in claimed:
+                claimed.discard(key)
+                fresh.append(item)
         return fresh, len(inbound) - len(fresh)
 
     async def _merge_jobs(
