@@ -158,13 +158,18 @@ class KafkaOutboxRelay:
         """
         builders: dict[tuple[str, int], BatchBuilder] = {}
         partitions: dict[str, list[int]] = {}
+        chosen: dict[tuple[str, bytes | None], tuple[str, int]] = {}
         futures: list[asyncio.Future[object]] = []
         for record in records:
             if record.topic not in partitions:
                 found = await self._producer.partitions_for(record.topic)
                 partitions[record.topic] = sorted(found)
-            choices = partitions[record.topic]
-            where = (record.topic, self._partitioner(record.key, choices, choices))
+            where = chosen.get((record.topic, record.key))
+            if where is None:  # murmur2 in Python: once per key and batch
+                choices = partitions[record.topic]
+                where = (record.topic, self._partitioner(record.key, choices, choices))
+                if record.key is not None:  # no key: a random partition each time
+                    chosen[(record.topic, record.key)] = where
             headers = self._headers(record)
             builder = builders.get(where)
             if builder is not None:
