@@ -18,7 +18,8 @@ import asyncpg
 
 from storage import errors
 from storage.queries import sql
-from storage.store import OUTBOX_CHANNEL, ClaimedRecord, OutboxRecord, decode_headers
+from storage.rows import ClaimedRecord, OutboxRecord, decode_headers
+from storage.store import OUTBOX_CHANNEL
 
 _LEADER_KEY = 0x6F7574  # "out"
 

@@ -10,11 +10,9 @@ overlapping sets of chats wait for each other instead of deadlocking.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,40 +20,14 @@ import asyncpg
 import orjson
 
 from statemachine import effects
-from statemachine.model import Agent, AnsweredCall, Chat, ChatWorkspace, Job, Waiter
-from statemachine.states import State
+from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Job, Waiter
 from storage import errors
+from storage import rows as pg
 from storage.queries import sql
 
 OUTBOX_CHANNEL = "workspaced_outbox"
 _LOCK_BASE = 0x77730000  # advisory lock keys of workspaces: _LOCK_BASE + bucket
 _LOCK_BUCKETS = 512
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """
-    Hold one record to publish: its topic, key, CloudEvent attributes and value.
-    """
-
-    topic: str
-    key: bytes | None
-    ce_id: str
-    ce_type: str
-    ce_time: datetime
-    payload: bytes | None
-    # None: CloudEvents headers are made at publish time; a dead letter keeps its own.
-    headers: tuple[tuple[str, bytes], ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedRecord:
-    """
-    Hold an outbox row claimed for publishing.
-    """
-
-    id: int
-    record: OutboxRecord
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -76,28 +48,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def _jsonb_encode(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def _job(record: asyncpg.Record) -> Job:
-    agents = tuple(Agent(a["id"], a.get("name", "")) for a in record["agents"])
-    return Job(
-        record["job_id"],
-        record["workspace_id"],
-        record["build_id"],
-        record["transition"],
-        record["status"],
-        record["error"],
-        agents,
-        record["occurred_at"],
-    )
-
-
-def _row(record: asyncpg.Record) -> ChatWorkspace:
-    values = dict(record)
-    del values["waiters"]
-    values["state"] = State(values["state"])
-    values["parameters"] = tuple((name, value) for name, value in values["parameters"])
-    return ChatWorkspace(**values)
 
 
 class StateTransaction:
@@ -165,7 +115,7 @@ class StateTransaction:
         """
         with errors.translated():
             rows = await self._conn.fetch(sql("jobs_lock"), sorted(set(job_ids)))
-        return {r["job_id"]: _job(r) for r in rows}
+        return {r["job_id"]: pg.job(r) for r in rows}
 
     async def save_jobs(self, jobs: Iterable[Job]) -> None:
         """
@@ -216,7 +166,8 @@ class StateTransaction:
                 )
             rows = await self._conn.fetch(sql("chats_lock"), ids)
         return {
-            r["chat_id"]: Chat(_row(r), tuple(Waiter(i, c) for i, c in r["waiters"])) for r in rows
+            r["chat_id"]: Chat(pg.row(r), tuple(Waiter(i, c) for i, c in r["waiters"]))
+            for r in rows
         }
 
     async def load_facts(
@@ -240,9 +191,9 @@ class StateTransaction:
                 if r["kind"] == "seen":
                     seen[r["job_id"]] = r["occurred_at"]
                 elif r["kind"] == "job":
-                    jobs[r["job_id"]] = _job(r)
+                    jobs[r["job_id"]] = pg.job(r)
                 else:
-                    latest[r["workspace_id"]] = _job(r)
+                    latest[r["workspace_id"]] = pg.job(r)
         calls = {
             r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
             for r in await self._fetch("calls_known", tool_call_ids)
@@ -261,19 +212,19 @@ class StateTransaction:
         self,
         chats: Iterable[ChatWorkspace],
         done: Sequence[effects.Effect],
-        extra: Sequence[OutboxRecord] = (),
+        extra: Sequence[pg.OutboxRecord] = (),
     ) -> None:
         """
         Write changed rows and perform effects (history, calls, outbox) in one statement.
         """
-        rows = [_row_args(c) for c in chats]
+        changed = [pg.row_args(c) for c in chats]
         history: list[tuple[Any, ...]] = []
         calls: dict[str, list[Any]] = {}
         outbox = list(extra)
         for effect in done:
             match effect:
                 case effects.RecordTransition():
-                    history.append(_history_args(effect))
+                    history.append(pg.history_args(effect))
                 case effects.Wait():
                     calls.setdefault(
                         effect.tool_call_id,
@@ -293,32 +244,32 @@ class StateTransaction:
                         [effect.chat_id, False, "", effect.occurred_at, None, None],
                     )
                     call[4], call[5] = effect.occurred_at, answer.decode()
-                    outbox.append(_answer_record(effect, self._topic_name))
+                    outbox.append(pg.answer_record(effect, self._topic_name))
                 case effects.Publish():
-                    outbox.append(_publish_record(effect, self._topic_name))
+                    outbox.append(pg.publish_record(effect, self._topic_name))
         with errors.translated():
             await self._conn.execute(
                 sql("batch_save"),
-                *_columns(rows, 19),
-                *_columns(history, 8),
+                *pg.columns(changed, 19),
+                *pg.columns(history, 8),
                 list(calls),
-                *_columns([tuple(c) for c in calls.values()], 6),
-                *_outbox_columns(outbox),
+                *pg.columns([tuple(c) for c in calls.values()], 6),
+                *pg.outbox_columns(outbox),
             )
         self.outbox_written += len(outbox)
-        for row in rows:
+        for row in changed:
             deadline = row[17]
             if deadline is not None and (
                 self.earliest_deadline is None or deadline < self.earliest_deadline
             ):
                 self.earliest_deadline = deadline
 
-    async def add_outbox(self, records: Sequence[OutboxRecord]) -> None:
+    async def add_outbox(self, records: Sequence[pg.OutboxRecord]) -> None:
         """
         Append records to the outbox and wake the relays when the transaction commits.
         """
         with errors.translated():
-            await self._conn.execute(sql("outbox_add"), *_outbox_columns(records))
+            await self._conn.execute(sql("outbox_add"), *pg.outbox_columns(records))
             if not self.outbox_written:
                 await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
         self.outbox_written += len(records)
@@ -330,110 +281,6 @@ class StateTransaction:
         with errors.translated():
             rows = await self._conn.fetch(sql("timers_claim"), now, limit)
         return [(r["chat_id"], r["version"]) for r in rows]
-
-
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """
-    Turn rows into one list per column, for ``unnest``.
-    """
-    return [[row[i] for row in rows] for i in range(width)]
-
-
-def _outbox_columns(records: Sequence[OutboxRecord]) -> list[list[Any]]:
-    return [
-        [r.topic for r in records],
-        [r.key for r in records],
-        [r.ce_id for r in records],
-        [r.ce_type for r in records],
-        [r.ce_time for r in records],
-        [r.payload for r in records],
-        [_encode_headers(r.headers) for r in records],
-    ]
-
-
-def _encode_headers(headers: tuple[tuple[str, bytes], ...] | None) -> str | None:
-    if headers is None:
-        return None
-    return orjson.dumps(
-        [[name, base64.b64encode(value).decode()] for name, value in headers]
-    ).decode()
-
-
-def decode_headers(stored: list[list[str]] | None) -> tuple[tuple[str, bytes], ...] | None:
-    """
-    Return the headers of an outbox row as Kafka takes them.
-    """
-    if stored is None:
-        return None
-    return tuple((name, base64.b64decode(value)) for name, value in stored)
-
-
-def _row_args(row: ChatWorkspace) -> tuple[Any, ...]:
-    return (
-        row.chat_id,
-        row.owner_id,
-        row.state.value,
-        row.version,
-        row.state_entered_at,
-        row.updated_at,
-        row.workspace_id,
-        row.workspace_name,
-        row.owner_name,
-        row.build_id,
-        row.job_id,
-        row.agent_id,
-        row.agent_status,
-        row.template_id,
-        row.command_id,
-        row.requested_name,
-        row.last_error,
-        row.deadline_at,
-        orjson.dumps(row.parameters).decode(),
-    )
-
-
-def _history_args(effect: effects.RecordTransition) -> tuple[Any, ...]:
-    return (
-        effect.chat_id,
-        effect.from_state.value,
-        effect.to_state.value,
-        effect.trigger.value,
-        effect.event_id,
-        effect.version,
-        effect.occurred_at,
-        orjson.dumps(effect.detail).decode(),
-    )
-
-
-def _publish_record(effect: effects.Publish, topic_name: Callable[[str], str]) -> OutboxRecord:
-    return OutboxRecord(
-        topic_name(effect.topic.value),
-        effect.key.encode(),
-        effect.ce_id,
-        effect.ce_type,
-        effect.occurred_at,
-        orjson.dumps(effect.data),
-    )
-
-
-def _answer_record(effect: effects.Answer, topic_name: Callable[[str], str]) -> OutboxRecord:
-    from statemachine import ids  # noqa: PLC0415 - keeps the import graph flat
-
-    data = {
-        "tool_call_id": effect.tool_call_id,
-        "chat_id": effect.chat_id,
-        "tool": "create_workspace",
-        "is_error": effect.is_error,
-        "content": effect.content,
-    }
-    return OutboxRecord(
-        topic_name(effects.Topic.TOOL_RESULTS.value),
-        effect.chat_id.encode(),
-        ids.tool_result(effect.tool_call_id),
-        "chat.tool_result.v1",
-        effect.occurred_at,
-        orjson.dumps(data),
-    )
 
 
 class PostgresStateStore:

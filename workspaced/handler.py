@@ -22,7 +22,8 @@ from statemachine import events as ev
 from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Timeouts
 from statemachine.states import State
 from storage import errors
-from storage.store import OutboxRecord, PostgresStateStore, StateTransaction
+from storage.rows import OutboxRecord
+from storage.store import PostgresStateStore, StateTransaction
 from workspaced import logs
 
 log = logs.get(__name__)
