@@ -91,19 +91,8 @@ def services(broker_kind: str) -> Iterator[Services]:
 
 def daemon_env(conf: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSPACED_")}
-    values = {
-        "DATABASE_URL": conf.database_url.get_secret_value(),
-        "KAFKA_BOOTSTRAP_SERVERS": conf.kafka_bootstrap_servers,
-        "TOPIC_PREFIX": conf.topic_prefix,
-        "CONSUMER_GROUP": conf.consumer_group,
-        "KAFKA_SESSION_TIMEOUT_MS": str(conf.kafka_session_timeout_ms),
-        "KAFKA_HEARTBEAT_INTERVAL_MS": str(conf.kafka_heartbeat_interval_ms),
-        "KAFKA_FETCH_MAX_WAIT_MS": str(conf.kafka_fetch_max_wait_ms),
-        "TOPIC_PARTITIONS": str(conf.topic_partitions),
-        "LOG_LEVEL": "warning",
-        "LOG_FORMAT": "json",
-    }
-    return env | {f"WORKSPACED_{k}": v for k, v in values.items()}
+    logs = {"WORKSPACED_LOG_LEVEL": "warning", "WORKSPACED_LOG_FORMAT": "json"}
+    return env | conf.environment() | logs
 
 
 class ProcessMeter:

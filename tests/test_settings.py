@@ -103,3 +103,14 @@ def test_logs_are_json_lines_off_a_terminal_and_standard_library_logs_share_the_
     assert lines[1]["event"] == "plain message"
     assert lines[1]["logger"] == "somelib"
     assert {"timestamp", "level"} <= set(lines[1])
+
+
+def test_settings_given_to_a_child_process_through_the_environment_read_back_the_same(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = settings.Settings(
+        database_url="postgresql://u:pw@db/w", build_timeout_seconds=7.5, topic_prefix="x."
+    )
+    for name, value in conf.environment().items():
+        monkeypatch.setenv(name, value)
+    assert settings.load() == conf

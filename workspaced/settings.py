@@ -155,6 +155,20 @@ class Settings(BaseSettings):
         }
         return self.topic_prefix + defaults[name]
 
+    def environment(self) -> dict[str, str]:
+        """
+        Return the ``WORKSPACED_*`` variables that give a child process these settings.
+
+        Secrets are included: pass the result to a child's environment, never to a log.
+        """
+        found = {}
+        for name, value in self:
+            if value is None:
+                continue
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            found[f"WORKSPACED_{name.upper()}"] = text
+        return found
+
     def safe_database_url(self) -> str:
         """
         Return the database URL with any password replaced by ``***``.
