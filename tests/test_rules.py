@@ -28,6 +28,15 @@ async def _build_until_ready(bus: Bus, chat_id: str, call_id: str) -> dict[str, 
     return ws
 
 
+async def _accepted(bus: Bus, chat_id: str) -> tuple[str, dict[str, str]]:
+    """
+    Ask for a workspace named dev and have Coder accept the create command.
+    """
+    call = await bus.tool_call(chat_id, name="dev")
+    (command,) = await bus.command_for(chat_id)
+    return call, await bus.created(command)
+
+
 async def _waiting(db: asyncpg.Connection, chat_id: str, count: int) -> None:
     """
     Wait until ``count`` calls wait on the chat: inputs on other topics may overtake them.
@@ -296,9 +305,7 @@ async def test_r7_a_successful_delete_build_unbinds_the_workspace(
 
 async def test_r9_a_canceled_build_fails_the_chat(bus: Bus, running: RunningDaemon) -> None:
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     await bus.job(ws, "canceling")
     await bus.job(ws, "canceled")
     (result,) = await bus.results_for(call)
@@ -309,9 +316,7 @@ async def test_r9_a_failed_build_without_an_error_says_build_failed(
     bus: Bus, running: RunningDaemon
 ) -> None:
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     await bus.job(ws, "failed")
     (result,) = await bus.results_for(call)
     assert result["content"] == {"error": "workspace build failed: build failed"}
@@ -321,9 +326,7 @@ async def test_r9_a_build_without_agents_is_ready_at_once_with_no_agent(
     bus: Bus, running: RunningDaemon, db: asyncpg.Connection
 ) -> None:
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     await bus.job(ws, "succeeded", agents=[])
     (result,) = await bus.results_for(call)
     assert result["content"] == {
@@ -338,9 +341,7 @@ async def test_r9_an_agent_that_already_sent_a_heartbeat_makes_the_chat_ready_at
     bus: Bus, running: RunningDaemon
 ) -> None:
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     agent, other = new_id(), new_id()
     await bus.heartbeat(agent, ws["workspace_id"])
     await asyncio.sleep(0.3)
@@ -376,9 +377,7 @@ async def test_r11_an_agent_that_never_connects_answers_not_ready_and_a_late_hea
 ) -> None:
     _, bus = await daemon_with(agent_connect_timeout_seconds=1.0)
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     agent = new_id()
     await bus.job(ws, "succeeded", agents=[agent])
     (result,) = await bus.results_for(call, timeout_s=10)
@@ -425,9 +424,7 @@ async def test_r12_a_job_never_moves_backwards(
     bus: Bus, running: RunningDaemon, db: asyncpg.Connection
 ) -> None:
     chat = new_id()
-    call = await bus.tool_call(chat, name="dev")
-    (command,) = await bus.command_for(chat)
-    ws = await bus.created(command)
+    call, ws = await _accepted(bus, chat)
     await bus.job(ws, "succeeded", agents=[])
     await bus.results_for(call)
     await bus.job(ws, "running")
