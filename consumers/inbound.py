@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
@@ -20,15 +20,6 @@ from workspaced import logs
 from workspaced.settings import Settings
 
 log = logs.get(__name__)
-
-
-class Report(Protocol):
-    """
-    What the handler reports back about a batch.
-    """
-
-    applied: int
-    dead_lettered: int
 
 
 Handle = Callable[[Sequence[codec.Inbound | codec.DeadLetter]], Awaitable[Any]]

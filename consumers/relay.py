@@ -99,7 +99,6 @@ class KafkaOutboxRelay:
         self._partitioner = DefaultPartitioner()
         self.wake = asyncio.Event()
         self.published = 0
-        self.empty = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """
@@ -130,9 +129,7 @@ class KafkaOutboxRelay:
                 continue
             if sent:
                 continue
-            self.empty.set()
             await _first_of(stop.wait(), self.wake.wait(), timeout_s=self._sweep_s)
-            self.empty.clear()
 
     async def publish_once(self, limit: int = 1000) -> int:
         """

@@ -47,6 +47,19 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def workspace_for(command: dict[str, Any]) -> dict[str, str]:
+    """
+    Return the ids Coder would give the workspace of ``command``, without answering it.
+    """
+    return {
+        "command_id": command["command_id"],
+        "chat_id": command["chat_id"],
+        "workspace_id": new_id(),
+        "build_id": new_id(),
+        "job_id": new_id(),
+    }
+
+
 class Bus:
     def __init__(self, conf: Settings) -> None:
         self.conf = conf
@@ -114,6 +127,9 @@ class Bus:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(left, 0.5))
+
+    async def wait_for_data(self, role: str, count: int, timeout_s: float = 20.0) -> list[Any]:
+        return [r.data for r in await self.wait_for(role, count=count, timeout_s=timeout_s)]
 
     async def results_for(
         self, tool_call_id: str, count: int = 1, timeout_s: float = 20.0
@@ -193,14 +209,9 @@ class Bus:
     async def created(
         self, command: dict[str, Any], *, name: str | None = None, ce_id: str | None = None
     ) -> dict[str, str]:
-        ws = {
-            "command_id": command["command_id"],
-            "chat_id": command["chat_id"],
-            "workspace_id": new_id(),
+        ws = workspace_for(command) | {
             "workspace_name": name or command["name"],
             "owner_name": "alice",
-            "build_id": new_id(),
-            "job_id": new_id(),
         }
         await self.publish(
             "workspace_command_results",
@@ -264,10 +275,3 @@ class Bus:
             "occurred_at": now_iso(),
         }
         await self.publish("agent_heartbeats", agent_id, "coder.agent.heartbeat.v1", data)
-
-
-async def _wait_for_data(self: Bus, role: str, count: int, timeout_s: float = 20.0) -> list[Any]:
-    return [r.data for r in await self.wait_for(role, count=count, timeout_s=timeout_s)]
-
-
-Bus.wait_for_data = _wait_for_data  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.bus import Bus, new_id
+from tests.bus import Bus, new_id, workspace_for
 from tests.conftest import Services, make_settings
 from workspaced.settings import Settings
 
@@ -213,13 +213,7 @@ async def test_events_delivered_twice_and_out_of_order_end_in_the_same_state(
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
-    ws = {
-        "command_id": command["command_id"],
-        "chat_id": chat,
-        "workspace_id": new_id(),
-        "build_id": new_id(),
-        "job_id": new_id(),
-    }
+    ws = workspace_for(command)
     agent = new_id()
     # Newest first, each twice with the same CloudEvent id.
     await bus.heartbeat(agent, ws["workspace_id"])

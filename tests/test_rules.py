@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.bus import Bus, new_id
+from tests.bus import Bus, new_id, workspace_for
 from tests.conftest import RunningDaemon
 
 
@@ -403,13 +403,7 @@ async def test_r12_job_updates_and_heartbeats_before_the_workspace_is_bound_are_
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
     (command,) = await bus.command_for(chat)
-    ws = {
-        "command_id": command["command_id"],
-        "chat_id": chat,
-        "workspace_id": new_id(),
-        "build_id": new_id(),
-        "job_id": new_id(),
-    }
+    ws = workspace_for(command)
     agent = new_id()
     await bus.job(ws, "succeeded", agents=[agent])
     await bus.heartbeat(agent, ws["workspace_id"])
