@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers import codec, kafka
-from workspaced.services import apache_kafka, postgres, process, tansu
-from workspaced.settings import Settings
+from devtools.services import apache_kafka, postgres, process, tansu
+from workspaced.settings import Settings, explicit
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -224,7 +224,7 @@ class Tap:
         self.conf = conf
         self.roles = {conf.topic(r): r for r in roles}
         self.reader = AIOKafkaConsumer(
-            **kafka.common(conf, "bench-tap"),
+            **kafka.common(conf.kafka_config(), "bench-tap"),
             enable_auto_commit=False,
             group_id=None,
             fetch_max_wait_ms=10,
@@ -330,7 +330,7 @@ async def stack(
     """
     suffix = uuid.uuid4().hex[:8]
     db_name = f"bench_{name}_{suffix}"
-    conf = Settings(
+    conf = explicit(
         database_url=svc.pg.database_url(db_name),
         kafka_bootstrap_servers=svc.bootstrap_servers,
         topic_prefix=f"bench-{name}-{suffix}.",
@@ -353,9 +353,9 @@ async def stack(
             conf.database_url.get_secret_value(), min_size=1, max_size=4
         )
         await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        await kafka.ensure_topics(conf)
+        await kafka.ensure_topics(conf.kafka_config())
         producer = AIOKafkaProducer(
-            **kafka.common(conf, "bench"),
+            **kafka.common(conf.kafka_config(), "bench"),
             acks="all",
             enable_idempotence=False,
             linger_ms=0,
@@ -414,8 +414,10 @@ class LagWatcher:
         self.conf = conf
         self.group = group
         self.parts = [TopicPartition(topic, p) for p in range(conf.topic_partitions)]
-        self.admin = AIOKafkaAdminClient(**kafka.common(conf, "bench-lag"))
-        self.reader = AIOKafkaConsumer(**kafka.common(conf, "bench-lag-reader"), group_id=None)
+        self.admin = AIOKafkaAdminClient(**kafka.common(conf.kafka_config(), "bench-lag"))
+        self.reader = AIOKafkaConsumer(
+            **kafka.common(conf.kafka_config(), "bench-lag-reader"), group_id=None
+        )
 
     async def __aenter__(self) -> LagWatcher:  # noqa: PYI034 - final
         await self.admin.start()

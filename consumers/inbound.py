@@ -16,8 +16,7 @@ import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
 
 from consumers import codec, kafka
-from workspaced import logs
-from workspaced.settings import Settings
+from telemetry import logs
 
 log = logs.get(__name__)
 
@@ -45,16 +44,18 @@ class KafkaEventConsumer:
 
     def __init__(
         self,
-        settings: Settings,
+        config: kafka.KafkaConfig,
         handle: Handle,
         *,
         is_retryable: Callable[[Exception], bool],
+        batch_max_records: int = 1000,
     ) -> None:
-        self._settings = settings
+        self._config = config
+        self._batch_max_records = batch_max_records
         self._handle = handle
         self._is_retryable = is_retryable
         self._lock = asyncio.Lock()
-        self._roles = {settings.topic(role): role for role in kafka.INPUT_ROLES}
+        self._roles = {config.topic(role): role for role in kafka.INPUT_ROLES}
 
     async def run(self, stop: asyncio.Event) -> None:
         """
@@ -64,7 +65,7 @@ class KafkaEventConsumer:
         the next batch is fetched and decoded. Batches still commit one at a
         time, in order.
         """
-        consumer = kafka.consumer(self._settings, [], client_id="workspaced-consumer")
+        consumer = kafka.consumer(self._config, [], client_id="workspaced-consumer")
         with kafka.translated():
             await consumer.start()
         consumer.subscribe(list(self._roles), listener=_FinishInFlight(self._lock))
@@ -73,7 +74,7 @@ class KafkaEventConsumer:
             while not stop.is_set():
                 with kafka.translated():
                     batch = await consumer.getmany(
-                        timeout_ms=200, max_records=self._settings.batch_max_records
+                        timeout_ms=200, max_records=self._batch_max_records
                     )
                 if not batch:
                     continue
@@ -90,7 +91,7 @@ class KafkaEventConsumer:
                 await consumer.stop()
 
     def _decode(self, batch: dict[Any, list[Any]]) -> list[codec.Inbound | codec.DeadLetter]:
-        limit = self._settings.max_record_bytes
+        limit = self._config.max_record_bytes
         return [
             codec.decode(
                 codec.RawRecord(

@@ -1,5 +1,5 @@
 """
-Build aiokafka clients from settings, create topics, and translate Kafka errors.
+Build aiokafka clients from a ``KafkaConfig``, create topics, and translate Kafka errors.
 
 The same settings work on Tansu and on Apache Kafka: the idempotent producer
 is off (Tansu has no InitProducerId), ``acks=all`` keeps writes durable, and
@@ -12,20 +12,60 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiokafka
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from workspaced.settings import TOPIC_NAMES, Settings
-
+# Every topic of the contract by role, with its default name (before the prefix).
+TOPICS = {
+    "tool_calls": "chat.tool_calls",
+    "tool_results": "chat.tool_results",
+    "workspace_events": "chat.workspace_events",
+    "workspace_commands": "coder.workspace_commands",
+    "workspace_command_results": "coder.workspace_command_results",
+    "provisioner_job_updates": "coder.provisioner_job_updates",
+    "agent_heartbeats": "coder.agent_heartbeats",
+    "dead_letters": "workspaced.dead_letters",
+}
 INPUT_ROLES = (
     "tool_calls",
     "workspace_command_results",
     "provisioner_job_updates",
     "agent_heartbeats",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """
+    Hold what the Kafka clients need: where the brokers are, how to reach them, the topics.
+
+    The application builds it from its settings; this layer never sees them.
+    """
+
+    bootstrap_servers: str
+    group_id: str = "workspaced"
+    topic_prefix: str = ""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    fetch_max_wait_ms: int = 100
+    max_record_bytes: int = 1_048_576
+    topic_partitions: int = 8
+    topic_replication_factor: int = 1
+
+    def topic(self, role: str) -> str:
+        """
+        Return the full name of the topic of ``role``, prefix included.
+        """
+        return self.topic_prefix + TOPICS[role]
 
 
 class BrokerError(Exception):
@@ -45,80 +85,78 @@ def translated() -> Iterator[None]:
         raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def common(settings: Settings, client_id: str) -> dict[str, Any]:
+def common(config: KafkaConfig, client_id: str) -> dict[str, Any]:
     """
     Return the connection settings every client shares.
     """
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "bootstrap_servers": config.bootstrap_servers,
         "client_id": client_id,
-        "security_protocol": settings.kafka_security_protocol,
+        "security_protocol": config.security_protocol,
     }
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        options["ssl_context"] = ssl.create_default_context(cafile=cafile)
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password
+    if config.security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = ssl.create_default_context(cafile=config.ssl_cafile)
+    if config.sasl_mechanism:
         options |= {
-            "sasl_mechanism": settings.kafka_sasl_mechanism,
-            "sasl_plain_username": settings.kafka_sasl_username,
-            "sasl_plain_password": password.get_secret_value() if password else None,
+            "sasl_mechanism": config.sasl_mechanism,
+            "sasl_plain_username": config.sasl_username,
+            "sasl_plain_password": config.sasl_password,
         }
     return options
 
 
 def producer(
-    settings: Settings, client_id: str = "workspaced", linger_ms: int = 2
+    config: KafkaConfig, client_id: str = "workspaced", linger_ms: int = 2
 ) -> aiokafka.AIOKafkaProducer:
     """
     Return a producer that works on Tansu and Apache Kafka alike.
     """
     return aiokafka.AIOKafkaProducer(
-        **common(settings, client_id),
+        **common(config, client_id),
         acks="all",
         enable_idempotence=False,
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         # Dead letters carry up to max_record_bytes of the original value.
-        max_request_size=max(settings.max_record_bytes + 65_536, 1_048_576),
+        max_request_size=max(config.max_record_bytes + 65_536, 1_048_576),
         request_timeout_ms=30_000,
     )
 
 
 def consumer(
-    settings: Settings, topics: list[str], client_id: str = "workspaced", **extra: Any
+    config: KafkaConfig, topics: list[str], client_id: str = "workspaced", **extra: Any
 ) -> aiokafka.AIOKafkaConsumer:
     """
     Return a group consumer that starts from the earliest offset and commits by hand.
     """
     options = {
-        "group_id": settings.consumer_group,
+        "group_id": config.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "max_partition_fetch_bytes": max(settings.max_record_bytes * 2, 1_048_576),
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
-        "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
-        "rebalance_timeout_ms": settings.kafka_session_timeout_ms,
+        "max_partition_fetch_bytes": max(config.max_record_bytes * 2, 1_048_576),
+        "fetch_max_wait_ms": config.fetch_max_wait_ms,
+        "session_timeout_ms": config.session_timeout_ms,
+        "heartbeat_interval_ms": config.heartbeat_interval_ms,
+        "rebalance_timeout_ms": config.session_timeout_ms,
     } | extra
-    return aiokafka.AIOKafkaConsumer(*topics, **common(settings, client_id), **options)
+    return aiokafka.AIOKafkaConsumer(*topics, **common(config, client_id), **options)
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
+async def ensure_topics(config: KafkaConfig) -> list[str]:
     """
-    Create the topics of spec section 4 that do not exist yet; return those created.
+    Create the contract's topics that do not exist yet; return those created.
     """
-    admin = AIOKafkaAdminClient(**common(settings, "workspaced-admin"))
+    admin = AIOKafkaAdminClient(**common(config, "workspaced-admin"))
     with translated():
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            wanted = [settings.topic(name) for name in TOPIC_NAMES]
+            wanted = [config.topic(role) for role in TOPICS]
             missing = [t for t in wanted if t not in existing]
             if missing:
                 await admin.create_topics(
                     [
-                        NewTopic(t, settings.topic_partitions, settings.topic_replication_factor)
+                        NewTopic(t, config.topic_partitions, config.topic_replication_factor)
                         for t in missing
                     ]
                 )

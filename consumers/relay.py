@@ -18,7 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from consumers import codec, kafka
-from workspaced import logs
+from telemetry import logs
 
 log = logs.get(__name__)
 

@@ -63,9 +63,9 @@ def workspace_for(command: dict[str, Any]) -> dict[str, str]:
 class Bus:
     def __init__(self, conf: Settings) -> None:
         self.conf = conf
-        self.producer = kafka.producer(conf, "test-bus")
+        self.producer = kafka.producer(conf.kafka_config(), "test-bus")
         self.reader = AIOKafkaConsumer(
-            **kafka.common(conf, "test-reader"),
+            **kafka.common(conf.kafka_config(), "test-reader"),
             enable_auto_commit=False,
             group_id=None,
             fetch_max_wait_ms=conf.kafka_fetch_max_wait_ms,

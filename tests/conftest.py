@@ -20,10 +20,10 @@ import asyncpg
 import pytest
 
 from consumers import kafka
+from devtools.services import apache_kafka, postgres, tansu
 from storage import migrate
 from tests.bus import Bus
 from workspaced import daemon, settings
-from workspaced.services import apache_kafka, postgres, tansu
 
 TEMPLATE_DB = "workspaced_template"
 
@@ -107,13 +107,13 @@ def make_settings(services: Services, database_url: str, **overrides: Any) -> se
         "timer_sweep_seconds": 5.0,
         "log_level": "warning",
     } | overrides
-    return settings.Settings(**values)
+    return settings.explicit(**values)
 
 
 @pytest.fixture
 async def conf(services: Services, database_url: str) -> settings.Settings:
     conf = make_settings(services, database_url)
-    await kafka.ensure_topics(conf)
+    await kafka.ensure_topics(conf.kafka_config())
     return conf
 
 
@@ -167,7 +167,7 @@ async def daemon_with(services: Services, database_url: str) -> AsyncIterator[An
 
     async def start(**overrides: Any) -> tuple[settings.Settings, Bus]:
         conf = make_settings(services, database_url, **overrides)
-        await kafka.ensure_topics(conf)
+        await kafka.ensure_topics(conf.kafka_config())
         d = RunningDaemon(conf)
         await d.start()
         bus = await Bus(conf).__aenter__()

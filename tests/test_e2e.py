@@ -80,7 +80,7 @@ async def procs(
         assert result.returncode == 0, result.stderr.decode()
         from consumers import kafka  # noqa: PLC0415
 
-        await kafka.ensure_topics(conf)
+        await kafka.ensure_topics(conf.kafka_config())
         bus = await Bus(conf).__aenter__()
         made.append((p, bus))
         return p, bus, conf

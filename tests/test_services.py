@@ -33,7 +33,7 @@ async def test_produce_and_consume_through_a_group_with_committed_offsets(
     conf: Settings, services: Services
 ) -> None:
     topic = conf.topic("tool_calls")
-    producer = kafka.producer(conf)
+    producer = kafka.producer(conf.kafka_config())
     await producer.start()
     try:
         for i in range(10):
@@ -42,7 +42,7 @@ async def test_produce_and_consume_through_a_group_with_committed_offsets(
         await producer.stop()
 
     async def consume(n: int) -> list[bytes]:
-        consumer = kafka.consumer(conf, [topic], client_id="smoke")
+        consumer = kafka.consumer(conf.kafka_config(), [topic], client_id="smoke")
         await consumer.start()
         got: list[bytes] = []
         try:
@@ -58,7 +58,7 @@ async def test_produce_and_consume_through_a_group_with_committed_offsets(
 
     first = await consume(10)
     assert sorted(first) == sorted(f"v{i}".encode() for i in range(10))
-    producer = kafka.producer(conf)
+    producer = kafka.producer(conf.kafka_config())
     await producer.start()
     await producer.send_and_wait(topic, b"after", key=b"k")
     await producer.stop()
@@ -69,11 +69,11 @@ async def test_produce_and_consume_through_a_group_with_committed_offsets(
 
 async def test_a_fresh_consumer_group_starts_from_the_earliest_offset(conf: Settings) -> None:
     topic = conf.topic("agent_heartbeats")
-    producer = kafka.producer(conf)
+    producer = kafka.producer(conf.kafka_config())
     await producer.start()
     await producer.send_and_wait(topic, b"old", key=b"a")
     await producer.stop()
-    consumer = kafka.consumer(conf, [topic], group_id=f"fresh-{uuid.uuid4()}")
+    consumer = kafka.consumer(conf.kafka_config(), [topic], group_id=f"fresh-{uuid.uuid4()}")
     await consumer.start()
     try:
         got = []

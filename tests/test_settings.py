@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from workspaced import logs, settings
+from telemetry import logs
+from workspaced import settings
 
 
 @pytest.fixture
@@ -114,3 +115,22 @@ def test_settings_given_to_a_child_process_through_the_environment_read_back_the
     for name, value in conf.environment().items():
         monkeypatch.setenv(name, value)
     assert settings.load() == conf
+
+
+def test_fixture_settings_ignore_workspaced_variables_exported_in_the_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Defect 7: with WORKSPACED_DATABASE_URL exported (as the README shows), a
+    # test daemon once wrote into that database and joined its relay election.
+    from tests.conftest import Services, make_settings  # noqa: PLC0415
+
+    monkeypatch.setenv("WORKSPACED_DATABASE_URL", "postgresql://prod@db.example/workspaced")
+    monkeypatch.setenv("WORKSPACED_KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    monkeypatch.setenv("WORKSPACED_CONSUMER_GROUP", "production")
+    monkeypatch.setenv("WORKSPACED_TOPIC_PREFIX", "prod.")
+    services = Services("postgresql://postgres@127.0.0.1:1/postgres", "127.0.0.1:2", "tansu")
+    conf = make_settings(services, "postgresql://postgres@127.0.0.1:1/test_x")
+    assert conf.database_url.get_secret_value() == "postgresql://postgres@127.0.0.1:1/test_x"
+    assert conf.kafka_bootstrap_servers == "127.0.0.1:2"
+    assert conf.consumer_group != "production"
+    assert conf.topic_prefix.startswith("t")

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consumers import kafka
+from devtools import simulator
 from storage import errors, migrate
-from workspaced import daemon, logs, settings, simulator, status
+from telemetry import logs
+from workspaced import daemon, settings, status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +80,7 @@ async def _simulate(conf: settings.Settings, options: simulator.SimulatorOptions
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await kafka.ensure_topics(conf)
+    await kafka.ensure_topics(conf.kafka_config())
     await simulator.CoderSimulator(conf, options).run(stop)
 
 
@@ -114,7 +116,7 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
     elif args.command == "status":
         print(asyncio.run(status.report(dsn, args.recent)))  # noqa: T201
     elif args.command == "dev":
-        from workspaced import dev  # noqa: PLC0415 - starts services; only dev needs it
+        from devtools import dev  # noqa: PLC0415 - starts services; only dev needs it
 
         return dev.main(conf, _simulator_options(args), demo=args.demo, data_dir=args.data_dir)
     return 0

@@ -21,7 +21,7 @@ from storage import errors, migrate
 from storage.outbox import PostgresOutbox
 from storage.queries import sql
 from storage.store import PostgresStateStore
-from workspaced import logs
+from telemetry import logs
 from workspaced.handler import BatchHandler, BatchReport, utcnow
 from workspaced.settings import Settings
 from workspaced.timers import TimerScheduler
@@ -96,13 +96,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     signals = _stop_on_signals(stop)
     try:
         dsn = settings.database_url.get_secret_value()
-        created = await kafka.ensure_topics(settings)
+        created = await kafka.ensure_topics(settings.kafka_config())
         if created:
             log.info("topics_created", topics=created)
         store = await PostgresStateStore.open(dsn, settings.topic, settings.database_pool_size)
         # No linger: the relay sends whole batches, which fill Kafka batches
         # by themselves, and a lone tool result should not wait.
-        producer = kafka.producer(settings, "workspaced-relay", linger_ms=0)
+        producer = kafka.producer(settings.kafka_config(), "workspaced-relay", linger_ms=0)
         try:
             await _check_schema(store)
             await migrate.record_settings(store.pool, settings_rows(settings))
@@ -161,7 +161,12 @@ async def _serve(
             relay.wake.set()
         return report
 
-    consumer = KafkaEventConsumer(settings, handle, is_retryable=_retryable)
+    consumer = KafkaEventConsumer(
+        settings.kafka_config(),
+        handle,
+        is_retryable=_retryable,
+        batch_max_records=settings.batch_max_records,
+    )
     log.info(
         "daemon_started",
         kafka=settings.kafka_bootstrap_servers,

@@ -24,7 +24,7 @@ from statemachine.states import State
 from storage import errors
 from storage.rows import OutboxRecord
 from storage.store import PostgresStateStore, StateTransaction
-from workspaced import logs
+from telemetry import logs
 
 log = logs.get(__name__)
 Item = codec.Inbound | codec.DeadLetter

@@ -21,17 +21,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from consumers import kafka
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
-TOPIC_NAMES = (
-    "tool_calls",
-    "tool_results",
-    "workspace_events",
-    "workspace_commands",
-    "workspace_command_results",
-    "provisioner_job_updates",
-    "agent_heartbeats",
-    "dead_letters",
-)
+TOPIC_NAMES = tuple(kafka.TOPICS)
 
 
 class SettingsError(Exception):
@@ -143,17 +136,29 @@ class Settings(BaseSettings):
         """
         Return the full name of a topic, prefix included.
         """
-        defaults = {
-            "tool_calls": "chat.tool_calls",
-            "tool_results": "chat.tool_results",
-            "workspace_events": "chat.workspace_events",
-            "workspace_commands": "coder.workspace_commands",
-            "workspace_command_results": "coder.workspace_command_results",
-            "provisioner_job_updates": "coder.provisioner_job_updates",
-            "agent_heartbeats": "coder.agent_heartbeats",
-            "dead_letters": "workspaced.dead_letters",
-        }
-        return self.topic_prefix + defaults[name]
+        return self.topic_prefix + kafka.TOPICS[name]
+
+    def kafka_config(self, group_id: str | None = None) -> kafka.KafkaConfig:
+        """
+        Return what the Kafka adapters need, for the daemon's group or ``group_id``.
+        """
+        password = self.kafka_sasl_password
+        return kafka.KafkaConfig(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            group_id=group_id or self.consumer_group,
+            topic_prefix=self.topic_prefix,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=password.get_secret_value() if password else None,
+            ssl_cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            session_timeout_ms=self.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self.kafka_heartbeat_interval_ms,
+            fetch_max_wait_ms=self.kafka_fetch_max_wait_ms,
+            max_record_bytes=self.max_record_bytes,
+            topic_partitions=self.topic_partitions,
+            topic_replication_factor=self.topic_replication_factor,
+        )
 
     def environment(self) -> dict[str, str]:
         """
@@ -189,6 +194,33 @@ def redact_url(url: str) -> str:
         for k, sep, v in (p.partition("=") for p in parts.query.split("&") if p)
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class _ExplicitSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def explicit(**values: Any) -> Settings:
+    """
+    Build settings from ``values`` and the defaults alone: no environment, no TOML file.
+
+    Tests, benchmarks and ``dev`` use it for settings they have already decided,
+    so a ``WORKSPACED_DATABASE_URL`` exported in the shell can never point a
+    test daemon at a real database.
+    """
+    try:
+        return _ExplicitSettings(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
 
 
 def _config_files() -> list[Path]:

@@ -18,7 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from storage import errors, store
-from workspaced import logs
+from telemetry import logs
 from workspaced.handler import BatchHandler, utcnow
 
 log = logs.get(__name__)

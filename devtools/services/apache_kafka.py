@@ -17,8 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from workspaced.services import process
-from workspaced.services.tansu import EmbeddedBroker
+from devtools.services import process
+from devtools.services.tansu import EmbeddedBroker
 
 _HOST = "127.0.0.1"
 _DEFAULT_LIBS = Path(".cache/kafka/libs")

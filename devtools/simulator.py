@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from consumers import codec, kafka
-from workspaced import logs
+from telemetry import logs
 from workspaced.settings import Settings
 
 log = logs.get(__name__)
@@ -90,10 +90,10 @@ class CoderSimulator:
         """
         Simulate until ``stop`` is set.
         """
-        producer = kafka.producer(self._settings, "workspaced-simulator")
+        producer = kafka.producer(self._settings.kafka_config(), "workspaced-simulator")
         topic = self._settings.topic("workspace_commands")
         consumer = kafka.consumer(
-            self._settings,
+            self._settings.kafka_config(),
             [topic],
             client_id="workspaced-simulator",
             group_id=f"{self._settings.consumer_group}-simulator",

@@ -22,9 +22,11 @@ import asyncpg
 import orjson
 
 from consumers import codec, kafka
+from devtools import simulator
+from devtools.services import postgres, tansu
 from storage import migrate
-from workspaced import daemon, logs, settings, simulator, status
-from workspaced.services import postgres, tansu
+from telemetry import logs
+from workspaced import daemon, settings, status
 
 log = logs.get(__name__)
 TEMPLATE_ID = "8a1b2c3d-4e5f-4a6b-9c7d-0e1f2a3b4c5d"
@@ -76,7 +78,7 @@ def main(
             }
             up = f"embedded Tansu, up in {broker.startup_s:.2f} s"
             _say(f"Kafka       {broker.bootstrap_servers}  ({up})")
-        merged = settings.Settings(**{**conf.model_dump(), **overrides})
+        merged = settings.explicit(**{**conf.model_dump(), **overrides})
         return asyncio.run(_dev(merged, options, demo=demo))
     finally:
         for service in reversed(started):
@@ -87,7 +89,7 @@ async def _dev(conf: settings.Settings, options: simulator.SimulatorOptions, *, 
     dsn = conf.database_url.get_secret_value()
     applied = await migrate.migrate(dsn, daemon.settings_rows(conf))
     _say(f"schema      {'applied ' + ', '.join(applied) if applied else 'up to date'}")
-    await kafka.ensure_topics(conf)
+    await kafka.ensure_topics(conf.kafka_config())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,9 +140,9 @@ def _calls() -> list[tuple[str, str, dict[str, Any]]]:
 async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
     calls = _calls()
     names = {data["tool_call_id"]: label for label, _, data in calls}
-    producer = kafka.producer(conf, "workspaced-demo")
+    producer = kafka.producer(conf.kafka_config(), "workspaced-demo")
     results = kafka.consumer(
-        conf,
+        conf.kafka_config(),
         [conf.topic("tool_results")],
         client_id="workspaced-demo",
         group_id=f"demo-{uuid.uuid4()}",
