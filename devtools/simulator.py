@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from consumers import codec, kafka
+from devtools import owners
 from telemetry import logs
 from workspaced.settings import Settings
 
@@ -50,7 +51,8 @@ class SimulatorOptions:
     never_connect_rate: float = 0.0
     stop_rate: float = 0.0
     delete_rate: float = 0.0
-    owner_name: str = "alice"
+    # None: each owner's name derives from its id (devtools.owners).
+    owner_name: str | None = None
     seed: int | None = None
 
 
@@ -133,6 +135,7 @@ class CoderSimulator:
         try:
             command = orjson.loads(value or b"")
             command_id, chat_id, name = command["command_id"], command["chat_id"], command["name"]
+            owner_id = str(command["owner_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("simulator_bad_command")
             return
@@ -157,7 +160,7 @@ class CoderSimulator:
                 "chat_id": chat_id,
                 "workspace_id": _derive("workspace", command_id),
                 "workspace_name": name,
-                "owner_name": opts.owner_name,
+                "owner_name": opts.owner_name or owners.owner_name(owner_id),
                 "build_id": _derive("build", command_id),
                 "job_id": _derive("job", command_id),
             }

@@ -1,5 +1,5 @@
 """
-Load the named SQL queries of ``storage/sql/queries.sql`` once.
+Load the named SQL queries of ``storage/sql/*.sql`` (not the migrations) once.
 
 Each query starts with a ``-- name: <name>`` line, as in procrastinate.
 """
@@ -12,7 +12,12 @@ from importlib import resources
 
 @cache
 def _all() -> dict[str, str]:
-    text = resources.files("storage").joinpath("sql", "queries.sql").read_text()
+    folder = resources.files("storage").joinpath("sql")
+    text = "\n".join(
+        f.read_text()
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".sql")
+    )
     found: dict[str, str] = {}
     name = None
     lines: list[str] = []

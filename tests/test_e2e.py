@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.bus import Bus, new_id, workspace_for
+from devtools.owners import owner_name
+from tests.bus import OWNER_ID, Bus, new_id, workspace_for
 from tests.conftest import Services, make_settings
 from workspaced.settings import Settings
 
@@ -119,7 +120,8 @@ async def test_the_happy_path_through_the_real_daemon_and_simulator_processes(
     call_fail = await bus.tool_call(failing, name="fail-me")
     (ok,) = await bus.results_for(call_good, timeout_s=40)
     (bad,) = await bus.results_for(call_fail, timeout_s=40)
-    assert ok["content"] == {"created": True, "workspace_name": "alice/dev"}
+    # The simulator names each owner after its id (devtools.owners).
+    assert ok["content"] == {"created": True, "workspace_name": f"{owner_name(OWNER_ID)}/dev"}
     assert bad["content"] == {"error": "workspace build failed: terraform apply: exit status 1"}
     states = dict(await db.fetch("SELECT chat_id::text, state FROM chat_workspaces"))
     assert states == {good: "ready", failing: "failed"}
@@ -192,7 +194,7 @@ async def test_a_daemon_killed_mid_build_loses_nothing_duplicates_nothing_and_it
     p.start("run")
     (a,) = await bus.results_for(call_building, timeout_s=30)
     (b,) = await bus.results_for(call_waiting, timeout_s=30)
-    assert a["content"] == {"created": True, "workspace_name": "alice/alpha"}
+    assert a["content"] == {"created": True, "workspace_name": f"{owner_name(OWNER_ID)}/alpha"}
     assert b["content"]["agent_status"] == "not_ready"
     await asyncio.sleep(1.5)
     ids = [r.headers["ce_id"] for r in bus.received["tool_results"]]

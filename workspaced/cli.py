@@ -14,7 +14,7 @@ from consumers import kafka
 from devtools import simulator
 from storage import errors, migrate
 from telemetry import logs
-from workspaced import daemon, settings, status
+from workspaced import client, commands, daemon, settings, status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     _simulator_flags(dev)
     stat = sub.add_parser("status", help="state counts and recent transitions")
     stat.add_argument("--recent", type=int, default=15, help="how many transitions to show")
+    commands.add_parsers(sub)
     return parser
 
 
@@ -97,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(conf.log_level, conf.log_format)
     try:
         return _dispatch(args, conf)
-    except (errors.StorageError, kafka.BrokerError, daemon.NotMigratedError) as exc:
+    except (
+        errors.StorageError,
+        kafka.BrokerError,
+        daemon.NotMigratedError,
+        client.ClientError,
+    ) as exc:
         logs.get("workspaced").error("command_failed", command=args.command, error=str(exc))
         return 1
     except KeyboardInterrupt:
@@ -115,6 +121,8 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
         asyncio.run(_simulate(conf, _simulator_options(args)))
     elif args.command == "status":
         print(asyncio.run(status.report(dsn, args.recent)))  # noqa: T201
+    elif args.command in commands.NAMES:
+        return commands.dispatch(args, conf)
     elif args.command == "dev":
         from devtools import dev  # noqa: PLC0415 - starts services; only dev needs it
 

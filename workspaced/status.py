@@ -75,3 +75,81 @@ def _detail(detail: Any) -> str:
         detail = orjson.loads(detail)
     reason = detail.get("reason") if isinstance(detail, dict) else None
     return str(reason or "")
+
+
+async def chat(dsn: str, chat_id: str) -> dict[str, Any] | None:
+    """
+    Return one chat's row, its calls (waiting and answered) and its whole history.
+    """
+    with errors.translated():
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(sql("show_chat"), chat_id)
+            if row is None:
+                return None
+            calls = await conn.fetch(sql("show_calls"), chat_id)
+            history = await conn.fetch(sql("show_history"), chat_id)
+        finally:
+            await conn.close()
+    return {
+        "chat": dict(row),
+        "calls": [dict(c) for c in calls],
+        "history": [dict(h) for h in history],
+    }
+
+
+def chat_text(found: dict[str, Any]) -> str:
+    """
+    Format what ``chat()`` returned for a person.
+    """
+    row = found["chat"]
+    fields = [(k, v) for k, v in row.items() if v is not None]
+    width = max(len(k) for k, _ in fields)
+    parts = [f"{k.ljust(width)}  {_when(v)}" for k, v in fields]
+    waiting = [c for c in found["calls"] if c["answered_at"] is None]
+    parts += ["", f"calls ({len(waiting)} waiting)"]
+    parts.append(
+        table(
+            ["tool_call_id", "creator", "received", "answered", "answer"],
+            [
+                (
+                    c["tool_call_id"],
+                    "yes" if c["creator"] else "",
+                    c["received_at"],
+                    c["answered_at"] or "waiting",
+                    _answer(c["answer"]),
+                )
+                for c in found["calls"]
+            ],
+        )
+    )
+    parts += ["", f"history ({len(found['history'])} transitions)"]
+    parts.append(
+        table(
+            ["at", "from", "to", "trigger", "detail"],
+            [
+                (
+                    h["occurred_at"],
+                    h["from_state"],
+                    h["to_state"],
+                    h["trigger"],
+                    _detail(h["detail"]),
+                )
+                for h in found["history"]
+            ],
+        )
+    )
+    return "\n".join(parts)
+
+
+def _when(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _answer(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        return ""
+    content = answer.get("content") or {}
+    if answer.get("is_error"):
+        return f"error: {content.get('error', '')}"
+    return ", ".join(f"{k}={v}" for k, v in content.items())
