@@ -17,6 +17,9 @@ from statemachine import effects, ids
 from statemachine.model import Agent, ChatWorkspace, Job
 from statemachine.states import State
 
+# A Kafka header: its name, and its value, which Kafka allows to be null.
+Header = tuple[str, bytes | None]
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
@@ -31,7 +34,7 @@ class OutboxRecord:
     ce_time: datetime
     payload: bytes | None
     # None: CloudEvents headers are made at publish time; a dead letter keeps its own.
-    headers: tuple[tuple[str, bytes], ...] | None = None
+    headers: tuple[Header, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,6 @@ def row(record: asyncpg.Record) -> ChatWorkspace:
     Return the chat of a ``chat_workspaces`` row (its waiting calls left out).
     """
     values = dict(record)
-    del values["waiters"]
     values["state"] = State(values["state"])
     values["parameters"] = tuple((name, value) for name, value in values["parameters"])
     return ChatWorkspace(**values)
@@ -94,24 +96,52 @@ def outbox_columns(records: Sequence[OutboxRecord]) -> list[list[Any]]:
     ]
 
 
-def encode_headers(headers: tuple[tuple[str, bytes], ...] | None) -> str | None:
+def encode_headers(headers: Sequence[Header] | None) -> str | None:
     """
-    Return a dead letter's headers as JSON text: ``[[name, base64], ...]``.
+    Return a dead letter's headers as JSON text for ``jsonb``: ``[[name, value], ...]``.
+
+    Total and lossless, so any record can be dead-lettered: a value is base64
+    or null; a name is JSON text, or ``{"b64": ...}`` when ``jsonb`` could not
+    hold it as text (NUL) or it is not valid Unicode (a lone surrogate). Rows
+    of the earlier ``[[name, base64], ...]`` form read the same.
     """
     if headers is None:
         return None
     return orjson.dumps(
-        [[name, base64.b64encode(value).decode()] for name, value in headers]
+        [
+            [_encode_name(name), None if value is None else base64.b64encode(value).decode()]
+            for name, value in headers
+        ]
     ).decode()
 
 
-def decode_headers(stored: list[list[str]] | None) -> tuple[tuple[str, bytes], ...] | None:
+def decode_headers(stored: list[list[Any]] | None) -> tuple[Header, ...] | None:
     """
     Return the headers of an outbox row as Kafka takes them.
     """
     if stored is None:
         return None
-    return tuple((name, base64.b64decode(value)) for name, value in stored)
+    return tuple(
+        (_decode_name(name), None if value is None else base64.b64decode(value))
+        for name, value in stored
+    )
+
+
+def _encode_name(name: str) -> str | dict[str, str]:
+    if "\x00" not in name:
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return name
+    return {"b64": base64.b64encode(name.encode("utf-8", "surrogatepass")).decode()}
+
+
+def _decode_name(stored: str | dict[str, str]) -> str:
+    if isinstance(stored, str):
+        return stored
+    return base64.b64decode(stored["b64"]).decode("utf-8", "surrogatepass")
 
 
 def row_args(row: ChatWorkspace) -> tuple[Any, ...]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import zlib
+import hashlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -26,11 +27,12 @@ from storage import rows as pg
 from storage.queries import sql
 
 OUTBOX_CHANNEL = "workspaced_outbox"
-_LOCK_BASE = 0x77730000  # advisory lock keys of workspaces: _LOCK_BASE + bucket
-_LOCK_BUCKETS = 512
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """
+    Decode and encode ``jsonb`` with orjson on ``conn``, as every query here expects.
+    """
     await conn.set_type_codec(
         "jsonb", encoder=_jsonb_encode, decoder=orjson.loads, schema="pg_catalog", format="text"
     )
@@ -69,12 +71,12 @@ class StateTransaction:
         answers by chat, so one workspace's facts can be handled by several
         instances at once; without this, binding a workspace and applying its
         job update (or its agent's first heartbeat) in two transactions could
-        each miss the other. Workspaces hash into a fixed set of lock keys, so a
-        batch takes at most that many locks; sorted, so no two batches deadlock.
+        each miss the other. One lock per workspace (a 64-bit hash: batches of
+        different workspaces run side by side), sorted, so no two batches deadlock.
         """
-        keys = sorted({_LOCK_BASE + zlib.crc32(w.encode()) % _LOCK_BUCKETS for w in workspace_ids})
+        keys = sorted({workspace_lock_key(w) for w in workspace_ids})
         if keys:
-            with errors.translated():
+            with errors.translated(self._conn):
                 await self._conn.fetchval(sql("workspaces_lock"), keys)
 
     async def claim_inbox(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -83,7 +85,7 @@ class StateTransaction:
         """
         if not keys:
             return set()
-        with errors.translated():
+        with errors.translated(self._conn):
             rows = await self._conn.fetch(
                 sql("inbox_claim"), [k[0] for k in keys], [k[1] for k in keys]
             )
@@ -98,7 +100,7 @@ class StateTransaction:
         if not beats:
             return {}
         agent_ids = sorted(beats)
-        with errors.translated():
+        with errors.translated(self._conn):
             await self._conn.execute(
                 sql("agents_record"),
                 agent_ids,
@@ -113,7 +115,7 @@ class StateTransaction:
         """
         Lock and return the known jobs among ``job_ids``.
         """
-        with errors.translated():
+        with errors.translated(self._conn):
             rows = await self._conn.fetch(sql("jobs_lock"), sorted(set(job_ids)))
         return {r["job_id"]: pg.job(r) for r in rows}
 
@@ -135,7 +137,7 @@ class StateTransaction:
             for j in jobs
         ]
         if args:
-            with errors.translated():
+            with errors.translated(self._conn):
                 await self._conn.executemany(sql("jobs_save"), args)
 
     async def chats_bound_to(self, workspace_ids: Iterable[str]) -> list[tuple[str, str]]:
@@ -145,7 +147,7 @@ class StateTransaction:
         ids = sorted(set(workspace_ids))
         if not ids:
             return []
-        with errors.translated():
+        with errors.translated(self._conn):
             rows = await self._conn.fetch(sql("chats_bound_to_workspaces"), ids)
         return [(r["chat_id"], r["workspace_id"]) for r in rows]
 
@@ -154,21 +156,33 @@ class StateTransaction:
     ) -> dict[str, Chat]:
         """
         Lock the chats (creating rows for new ones in ``owners``) with their waiting calls.
+
+        The calls are read once the rows are locked, so calls another
+        transaction added or answered while this one waited are seen as they are now.
         """
         ids = sorted(set(chat_ids))
         if not ids:
             return {}
-        with errors.translated():
+        with errors.translated(self._conn):
             new = sorted(owners)
             if new:
                 await self._conn.execute(
                     sql("chats_create_missing"), new, [owners[c] for c in new], now
                 )
             rows = await self._conn.fetch(sql("chats_lock"), ids)
-        return {
-            r["chat_id"]: Chat(pg.row(r), tuple(Waiter(i, c) for i, c in r["waiters"]))
-            for r in rows
+            # A statement of its own, after the locks: see chats_lock.
+            waiting = (
+                await self._conn.fetch(sql("chats_waiters"), [r["chat_id"] for r in rows])
+                if rows
+                else []
+            )
+        waiters = {
+            w["chat_id"]: tuple(
+                Waiter(i, c) for i, c in zip(w["tool_call_ids"], w["creators"], strict=True)
+            )
+            for w in waiting
         }
+        return {r["chat_id"]: Chat(pg.row(r), waiters.get(r["chat_id"], ())) for r in rows}
 
     async def load_facts(
         self,
@@ -185,7 +199,7 @@ class StateTransaction:
         latest: dict[str, Job] = {}
         keys = [list(set(job_ids)), list(set(agent_ids)), list(set(workspace_ids))]
         if any(keys):
-            with errors.translated():
+            with errors.translated(self._conn):
                 rows = await self._conn.fetch(sql("facts"), *keys)
             for r in rows:
                 if r["kind"] == "seen":
@@ -204,7 +218,7 @@ class StateTransaction:
         unique = list(set(keys))
         if not unique:
             return []  # no round trip for nothing
-        with errors.translated():
+        with errors.translated(self._conn):
             rows: list[asyncpg.Record] = await self._conn.fetch(sql(query), unique)
         return rows
 
@@ -247,7 +261,7 @@ class StateTransaction:
                     outbox.append(pg.answer_record(effect, self._topic_name))
                 case effects.Publish():
                     outbox.append(pg.publish_record(effect, self._topic_name))
-        with errors.translated():
+        with errors.translated(self._conn):
             await self._conn.execute(
                 sql("batch_save"),
                 *pg.columns(changed, 19),
@@ -268,7 +282,7 @@ class StateTransaction:
         """
         Append records to the outbox and wake the relays when the transaction commits.
         """
-        with errors.translated():
+        with errors.translated(self._conn):
             await self._conn.execute(sql("outbox_add"), *pg.outbox_columns(records))
             if not self.outbox_written:
                 await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
@@ -278,9 +292,24 @@ class StateTransaction:
         """
         Lock up to ``limit`` chats whose deadline has passed, skipping those locked elsewhere.
         """
-        with errors.translated():
+        with errors.translated(self._conn):
             rows = await self._conn.fetch(sql("timers_claim"), now, limit)
         return [(r["chat_id"], r["version"]) for r in rows]
+
+
+def workspace_lock_key(workspace_id: str) -> int:
+    """
+    Return the advisory lock key of a workspace: a stable, signed 64-bit hash of its id.
+
+    Hashed rather than cut from the UUID: the first bytes of a time-ordered
+    UUID (v7) are a timestamp, shared by workspaces created in the same instant.
+    """
+    try:
+        raw = uuid.UUID(workspace_id).bytes  # one key whatever the UUID's spelling
+    except ValueError:
+        raw = workspace_id.encode()
+    digest = hashlib.blake2b(raw, digest_size=8, person=b"workspace").digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class PostgresStateStore:
@@ -304,7 +333,7 @@ class PostgresStateStore:
                 dsn,
                 min_size=1,
                 max_size=size,
-                init=_init_connection,
+                init=init_connection,
                 reset=_keep_session,
                 command_timeout=60,
             )
@@ -341,8 +370,12 @@ class PostgresStateStore:
         Run the block in one transaction; commit when it ends without error.
         """
         with errors.translated():
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield StateTransaction(conn, self._topic_name)
+            async with self._pool.acquire() as conn:
+                # Inside: a backend that died mid-transaction shows in ``conn``,
+                # whatever error asyncpg's rollback raises instead.
+                with errors.translated(conn):
+                    async with conn.transaction():
+                        yield StateTransaction(conn, self._topic_name)
 
 
 async def next_deadline(pool: asyncpg.Pool) -> datetime | None:

@@ -12,6 +12,7 @@ RETURNING source, id;
 SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k;
 
 -- name: inbox_prune
+-- Superseded by prune_inbox (storage/retention.py), in batches.
 DELETE FROM inbox WHERE received_at < $1;
 
 -- name: agents_record
@@ -73,17 +74,25 @@ ORDER BY c
 ON CONFLICT (chat_id) DO NOTHING;
 
 -- name: chats_lock
+-- Only the rows: their waiting calls are read by chats_waiters, in a later
+-- statement. Under READ COMMITTED a statement that waited for a row lock
+-- returns the row's newest version but reads everything else (a subquery
+-- included) as of its start, before the transaction it waited for committed:
+-- a call that transaction added, or answered, would be missed.
 SELECT chat_id::text, owner_id::text, state, version, state_entered_at, created_at,
        updated_at, workspace_id::text, workspace_name, owner_name, build_id::text,
        job_id::text, agent_id::text, agent_status, template_id::text, command_id::text,
-       requested_name, parameters, last_error, deadline_at,
-       -- the calls waiting on the chat, oldest first, as [[id, creator], ...]
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(t.tool_call_id, t.creator)
-                                  ORDER BY t.received_at, t.tool_call_id), '[]'::jsonb)
-        FROM tool_calls t
-        WHERE t.chat_id = c.chat_id AND t.answered_at IS NULL) AS waiters
-FROM chat_workspaces c WHERE chat_id = ANY($1::uuid[])
-ORDER BY chat_id FOR UPDATE OF c;
+       requested_name, parameters, last_error, deadline_at
+FROM chat_workspaces WHERE chat_id = ANY($1::uuid[])
+ORDER BY chat_id FOR UPDATE;
+
+-- name: chats_waiters
+-- The calls waiting on chats this transaction has locked, oldest first.
+SELECT chat_id::text,
+       array_agg(tool_call_id ORDER BY received_at, tool_call_id) AS tool_call_ids,
+       array_agg(creator ORDER BY received_at, tool_call_id) AS creators
+FROM tool_calls WHERE chat_id = ANY($1::uuid[]) AND answered_at IS NULL
+GROUP BY chat_id;
 
 -- name: calls_known
 SELECT tool_call_id, chat_id::text, answer FROM tool_calls WHERE tool_call_id = ANY($1::text[]);
@@ -148,11 +157,36 @@ FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[],
             $6::bytea[], $7::text[]) AS x(t, k, i, y, m, p, h);
 
 -- name: outbox_claim
-SELECT id, topic, key, ce_id, ce_type, ce_time, payload, headers
-FROM outbox ORDER BY id LIMIT $1;
+-- Run on the relay leader's own session: one row with held = false, and
+-- no outbox row, unless that session still holds the relay lock ($2). A
+-- session-level lock is only ours while the session is; behind a
+-- transaction-pooling proxy, or once someone unlocked it, it is not.
+-- No outer ORDER BY: sorting the whole batch cost a third of the fetch; the
+-- caller puts the rows in id order (they come so, in practice).
+SELECT l.held, o.id, o.topic, o.key, o.ce_id, o.ce_type, o.ce_time, o.payload, o.headers
+FROM (SELECT EXISTS (
+          SELECT FROM pg_locks
+          WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+            AND classid = ($2::bigint >> 32)::oid
+            AND objid = ($2::bigint & 4294967295)::oid AND objsubid = 1) AS held) AS l
+LEFT JOIN LATERAL (
+    SELECT id, topic, key, ce_id, ce_type, ce_time, payload, headers
+    FROM outbox WHERE l.held ORDER BY id LIMIT $1
+) AS o ON true;
 
 -- name: outbox_delete
-DELETE FROM outbox WHERE id = ANY($1::bigint[]);
+-- Like outbox_claim: deletes, and answers true, only while the session leads.
+WITH l AS (
+    SELECT EXISTS (
+        SELECT FROM pg_locks
+        WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+          AND classid = ($2::bigint >> 32)::oid
+          AND objid = ($2::bigint & 4294967295)::oid AND objsubid = 1) AS held
+), gone AS (
+    DELETE FROM outbox WHERE id = ANY($1::bigint[]) AND (SELECT held FROM l)
+    RETURNING 1
+)
+SELECT held FROM l;
 
 -- name: timers_next
 SELECT min(deadline_at) FROM chat_workspaces WHERE deadline_at IS NOT NULL;
@@ -169,3 +203,42 @@ SELECT state, chats FROM workspace_state_counts ORDER BY state;
 -- name: status_recent
 SELECT chat_id::text, from_state, to_state, trigger, occurred_at, detail
 FROM workspace_transitions ORDER BY id DESC LIMIT $1;
+
+
+-- Retention (storage/retention.py): each deletes at most $2 rows older than
+-- $1, so no statement holds its locks long; run until fewer come back.
+-- ctid = ANY(ARRAY(...)) plans as a TID scan, where ctid IN (...) may scan
+-- the whole table.
+
+-- name: prune_inbox
+DELETE FROM inbox WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM inbox WHERE received_at < $1 LIMIT $2));
+
+-- name: prune_tool_calls
+-- Answered calls only: a waiting call is kept whatever its age.
+DELETE FROM tool_calls WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM tool_calls WHERE answered_at < $1 LIMIT $2));
+
+-- name: prune_transitions
+-- The history of chats that failed or have no workspace, untouched since $1.
+DELETE FROM workspace_transitions WHERE ctid = ANY(ARRAY(
+    SELECT t.ctid
+    FROM chat_workspaces c JOIN workspace_transitions t ON t.chat_id = c.chat_id
+    WHERE c.state IN ('failed', 'none') AND c.updated_at < $1
+    LIMIT $2));
+
+-- name: prune_agents
+-- Agents silent since $1 that no chat is bound to.
+DELETE FROM agents WHERE ctid = ANY(ARRAY(
+    SELECT a.ctid FROM agents a
+    WHERE a.last_seen_at < $1
+      AND NOT EXISTS (SELECT FROM chat_workspaces c WHERE c.agent_id = a.agent_id)
+    LIMIT $2));
+
+-- name: prune_jobs
+-- Jobs last written before $1 of workspaces no chat is bound to.
+DELETE FROM provisioner_jobs WHERE ctid = ANY(ARRAY(
+    SELECT j.ctid FROM provisioner_jobs j
+    WHERE j.updated_at < $1
+      AND NOT EXISTS (SELECT FROM chat_workspaces c WHERE c.workspace_id = j.workspace_id)
+    LIMIT $2));
