@@ -1,7 +1,11 @@
 """
-Run everything on one machine: embedded PostgreSQL and Tansu, the daemon and the simulator.
+Run everything on one machine: embedded PostgreSQL and Tansu, the daemon, the bridge, a Coder.
 
-A PostgreSQL or Kafka named in the environment (``WORKSPACED_DATABASE_URL``,
+The Coder is the fake one (``devtools.fake_coder``, over real HTTP) unless
+``--coder-url`` names a real one (its token from
+``WORKSPACED_CODER_SESSION_TOKEN``); ``--simulator`` uses the Kafka-level
+simulator instead of bridge and Coder, as the benchmarks do. A PostgreSQL or
+Kafka named in the environment (``WORKSPACED_DATABASE_URL``,
 ``WORKSPACED_KAFKA_BOOTSTRAP_SERVERS``) is used instead of the embedded one.
 """
 
@@ -23,14 +27,23 @@ import orjson
 
 from consumers import codec, kafka
 from devtools import simulator
+from devtools.fake_coder.server import FakeCoder, FakeCoderOptions
 from devtools.services import postgres, tansu
 from storage import migrate
 from telemetry import logs
 from workspaced import daemon, settings, status
+from workspaced.bridge import app as bridge
 
 log = logs.get(__name__)
 TEMPLATE_ID = "8a1b2c3d-4e5f-4a6b-9c7d-0e1f2a3b4c5d"
-OWNER_ID = "5f0c6d2a-9b1e-4c3d-8e7f-a1b2c3d4e5f6"
+PEOPLE = ("alice", "bob", "carol", "dave", "erin")
+
+
+def owner_id(person: str) -> str:
+    """
+    Return the demo user id of ``person``: stable, so reruns show the same users.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"workspaced-demo:{person}"))
 
 
 def _say(text: str) -> None:
@@ -46,12 +59,14 @@ async def _create_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
-def main(
+def main(  # noqa: PLR0913 - the command's own flags
     conf: settings.Settings,
     options: simulator.SimulatorOptions,
     *,
     demo: bool,
     data_dir: Path | None,
+    coder_url: str | None = None,
+    use_simulator: bool = False,
 ) -> int:
     """
     Start the services this machine lacks, then migrate, run and simulate until interrupted.
@@ -78,14 +93,22 @@ def main(
             }
             up = f"embedded Tansu, up in {broker.startup_s:.2f} s"
             _say(f"Kafka       {broker.bootstrap_servers}  ({up})")
+        if coder_url is not None:
+            overrides["coder_url"] = coder_url
         merged = settings.explicit(**{**conf.model_dump(), **overrides})
-        return asyncio.run(_dev(merged, options, demo=demo))
+        return asyncio.run(_dev(merged, options, demo=demo, use_simulator=use_simulator))
     finally:
         for service in reversed(started):
             service.stop()
 
 
-async def _dev(conf: settings.Settings, options: simulator.SimulatorOptions, *, demo: bool) -> int:
+async def _dev(
+    conf: settings.Settings,
+    options: simulator.SimulatorOptions,
+    *,
+    demo: bool,
+    use_simulator: bool,
+) -> int:
     dsn = conf.database_url.get_secret_value()
     applied = await migrate.migrate(dsn, daemon.settings_rows(conf))
     _say(f"schema      {'applied ' + ', '.join(applied) if applied else 'up to date'}")
@@ -94,20 +117,40 @@ async def _dev(conf: settings.Settings, options: simulator.SimulatorOptions, *, 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    fake: FakeCoder | None = None
+    if use_simulator:
+        coder_task = simulator.CoderSimulator(conf, options).run(stop)
+        _say("Coder       the Kafka-level simulator")
+    else:
+        if conf.coder_url is None:
+            fake = FakeCoder(FakeCoderOptions(job_step_s=0.3, agent_connect_delay_s=0.3))
+            for person in PEOPLE:  # the demo's users, by name, as a real Coder would have them
+                fake.add_user(uuid.UUID(owner_id(person)), person)
+            url = await fake.start()
+            conf = settings.explicit(
+                **{**conf.model_dump(), "coder_url": url, "coder_session_token": fake.session_token}
+            )
+            _say(f"Coder       {url}  (the fake Coder, over HTTP)")
+        else:
+            _say(f"Coder       {conf.coder_url}")
+        coder_task = bridge.run(conf, stop)
     tasks = [
         asyncio.create_task(daemon.run(conf, stop), name="daemon"),
-        asyncio.create_task(simulator.CoderSimulator(conf, options).run(stop), name="simulator"),
+        asyncio.create_task(coder_task, name="coder"),
     ]
     if demo:
-        tasks.append(asyncio.create_task(_demo(conf, stop), name="demo"))
+        tasks.append(asyncio.create_task(_demo(conf, stop, fake), name="demo"))
     _say("workspaced  running; press Ctrl-C to stop\n")
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    stop.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if fake is not None:
+            await fake.stop()
     failures = [r for r in results if isinstance(r, BaseException)]
     for failure in failures:
         log.error("dev_task_failed", error=str(failure))
-    del done
     return 1 if failures else 0
 
 
@@ -115,13 +158,13 @@ def _calls() -> list[tuple[str, str, dict[str, Any]]]:
     """
     Return (label, chat_id, tool call data) for the demo.
     """
-    chats = {n: str(uuid.uuid4()) for n in ("alice", "bob", "carol", "dave", "erin")}
+    chats = {n: str(uuid.uuid4()) for n in PEOPLE}
 
     def call(chat: str, **arguments: Any) -> dict[str, Any]:
         return {
             "tool_call_id": f"call_{uuid.uuid4().hex[:12]}",
             "chat_id": chats[chat],
-            "owner_id": OWNER_ID,
+            "owner_id": owner_id(chat),
             "tool": "create_workspace",
             "arguments": {"template_id": TEMPLATE_ID, **arguments},
             "template_name": "Python Dev",
@@ -137,7 +180,7 @@ def _calls() -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
+async def _demo(conf: settings.Settings, stop: asyncio.Event, fake: FakeCoder | None) -> None:
     calls = _calls()
     names = {data["tool_call_id"]: label for label, _, data in calls}
     producer = kafka.producer(conf.kafka_config(), "workspaced-demo")
@@ -171,6 +214,11 @@ async def _demo(conf: settings.Settings, stop: asyncio.Event) -> None:
                     content = orjson.dumps(result["content"]).decode()
                     _say(f"← result      {label} after {elapsed:.1f} s: {content}")
         _say("")
+        if fake is not None:
+            _say("the bridge's calls to the fake Coder, over HTTP")
+            rows = sorted(fake.counters.requests.items())
+            _say(status.table(["method", "route", "status", "calls"], [(*k, n) for k, n in rows]))
+            _say("")
         _say(await status.report(conf.database_url.get_secret_value(), 20))
         _say(
             "\nthe demo is done; the daemon keeps running (Ctrl-C to stop). "

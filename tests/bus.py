@@ -61,7 +61,7 @@ def workspace_for(command: dict[str, Any]) -> dict[str, str]:
 
 
 class Bus:
-    def __init__(self, conf: Settings) -> None:
+    def __init__(self, conf: Settings, roles: tuple[str, ...] = OUTPUTS) -> None:
         self.conf = conf
         self.producer = kafka.producer(conf.kafka_config(), "test-bus")
         self.reader = AIOKafkaConsumer(
@@ -70,9 +70,9 @@ class Bus:
             group_id=None,
             fetch_max_wait_ms=conf.kafka_fetch_max_wait_ms,
         )
-        self.received: dict[str, list[Received]] = {role: [] for role in OUTPUTS}
+        self.received: dict[str, list[Received]] = {role: [] for role in roles}
         self.raw_dead_letters: list[Any] = []  # as Kafka gave them: bytes, repeated headers
-        self._roles = {conf.topic(role): role for role in OUTPUTS}
+        self._roles = {conf.topic(role): role for role in roles}
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
 

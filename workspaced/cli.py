@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from devtools import simulator
 from storage import errors, migrate
 from telemetry import logs
 from workspaced import client, commands, daemon, settings, status
+from workspaced.bridge import app as bridge
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("run", help="run the daemon until SIGTERM")
+    sub.add_parser("bridge", help="connect to Coder: execute commands, watch workspaces")
+    fake = sub.add_parser("fake-coder", help="serve a fake Coder API for demos and tests")
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    fake.add_argument("--port", type=int, default=3000, help="port to listen on (3000)")
     sim = sub.add_parser("simulate", help="stand in for Coder's provisioner and agents")
     _simulator_flags(sim)
     dev = sub.add_parser(
@@ -33,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--demo", action="store_true", help="publish a few tool calls and show them")
     dev.add_argument("--data-dir", type=Path, help="keep the embedded PostgreSQL data here")
+    dev.add_argument(
+        "--coder-url",
+        help="a real Coder instead of the fake (token from WORKSPACED_CODER_SESSION_TOKEN)",
+    )
+    dev.add_argument(
+        "--simulator",
+        action="store_true",
+        help="the Kafka-level simulator instead of the bridge and a Coder (as the benchmarks)",
+    )
     _simulator_flags(dev)
     stat = sub.add_parser("status", help="state counts and recent transitions")
     stat.add_argument("--recent", type=int, default=15, help="how many transitions to show")
@@ -75,14 +90,34 @@ def _simulator_options(args: argparse.Namespace) -> simulator.SimulatorOptions:
 
 
 async def _simulate(conf: settings.Settings, options: simulator.SimulatorOptions) -> None:
-    import signal  # noqa: PLC0415
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await kafka.ensure_topics(conf.kafka_config())
     await simulator.CoderSimulator(conf, options).run(stop)
+
+
+def _fake_coder(args: argparse.Namespace, conf: settings.Settings) -> int:
+    from devtools.fake_coder import server  # noqa: PLC0415 - a developer tool, as dev
+
+    token = conf.coder_session_token
+    if token is None:
+        print(  # noqa: T201 - a fake's token, for the person who started it
+            "workspaced: set WORKSPACED_CODER_SESSION_TOKEN to the token clients will send",
+            file=sys.stderr,
+        )
+        return 2
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.serve(args.host, args.port, token.get_secret_value(), stop)
+
+    asyncio.run(serve())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kafka.BrokerError,
         daemon.NotMigratedError,
         client.ClientError,
+        bridge.BridgeConfigError,
     ) as exc:
         logs.get("workspaced").error("command_failed", command=args.command, error=str(exc))
         return 1
@@ -117,6 +153,10 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
         print(f"applied {applied}" if applied else "schema is up to date")  # noqa: T201
     elif args.command == "run":
         asyncio.run(daemon.run(conf))
+    elif args.command == "bridge":
+        asyncio.run(bridge.run(conf))
+    elif args.command == "fake-coder":
+        return _fake_coder(args, conf)
     elif args.command == "simulate":
         asyncio.run(_simulate(conf, _simulator_options(args)))
     elif args.command == "status":
@@ -126,7 +166,14 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
     elif args.command == "dev":
         from devtools import dev  # noqa: PLC0415 - starts services; only dev needs it
 
-        return dev.main(conf, _simulator_options(args), demo=args.demo, data_dir=args.data_dir)
+        return dev.main(
+            conf,
+            _simulator_options(args),
+            demo=args.demo,
+            data_dir=args.data_dir,
+            coder_url=args.coder_url,
+            use_simulator=args.simulator,
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -77,7 +77,30 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_048_576, ge=1024)
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     inbox_retention_hours: PositiveSeconds = 168.0
+    # Retention of what dashboards and `show` read (storage.retention): answered
+    # calls, transitions of chats that ended (failed or none), and facts
+    # (agents, jobs) of workspaces no chat is bound to.
+    tool_call_retention_hours: PositiveSeconds = 720.0
+    history_retention_hours: PositiveSeconds = 720.0
+    facts_retention_hours: PositiveSeconds = 168.0
     database_pool_size: int = Field(8, ge=2, le=200)
+
+    # The Coder bridge (`workspaced bridge`). The token is a secret: never logged.
+    coder_url: str | None = None
+    coder_session_token: SecretStr | None = None
+    coder_ca_file: Path | None = None
+    coder_tls_verify: bool = True
+    coder_request_timeout_seconds: PositiveSeconds = 30.0
+    bridge_consumer_group: str | None = None  # default: <consumer_group>-bridge
+    # Coder's watch speaks on agent connect/disconnect, not on every agent
+    # heartbeat: the bridge repeats a connected agent's heartbeat this often.
+    agent_heartbeat_interval_seconds: PositiveSeconds = 10.0
+    bridge_lease_seconds: PositiveSeconds = 15.0
+    bridge_max_watches: int = Field(20_000, ge=1, le=1_000_000)
+    # Coder's chat tools wait for the agent's startup scripts (lifecycle
+    # `ready`) after it connects; off keeps answering at the first heartbeat.
+    wait_for_startup_scripts: bool = False
+    startup_script_timeout_seconds: PositiveSeconds = 600.0
 
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -95,6 +118,38 @@ class Settings(BaseSettings):
                 msg = f"{server!r} is not host:port"
                 raise ValueError(msg)
         return ",".join(servers)
+
+    @field_validator("coder_url")
+    @classmethod
+    def _coder_url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use coder_session_token")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _heartbeats_beat_the_inactivity_timeout(self) -> Settings:
+        # Only the bridge beats: a daemon alone may use any inactivity timeout.
+        if (
+            self.coder_url is not None
+            and self.agent_heartbeat_interval_seconds >= self.agent_inactivity_timeout_seconds
+        ):
+            msg = (
+                "agent_heartbeat_interval_seconds must be below "
+                "agent_inactivity_timeout_seconds, or connected agents look gone (R6)"
+            )
+            raise ValueError(msg)
+        return self
+
+    def bridge_group(self) -> str:
+        """
+        Return the bridge's consumer group.
+        """
+        return self.bridge_consumer_group or f"{self.consumer_group}-bridge"
 
     @field_validator("database_url")
     @classmethod
@@ -256,7 +311,10 @@ def describe(exc: ValidationError) -> str:
     """
     lines = []
     for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        name = ".".join(str(part) for part in error["loc"])
+        if not name:  # a rule between settings: its message names them
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
         variable = f"WORKSPACED_{name.upper()}"
         lines.append(f"  {name} ({variable}): {error['msg']}")
     return "invalid settings:\n" + "\n".join(lines)
