@@ -157,13 +157,14 @@ class _Outcome:
             effects.Answer(tool_call_id, self.row.chat_id, is_error, content, self.ctx.now)
         )
 
-    def answer_ready(self, agent_status: str | None) -> None:
+    def answer_ready(self, agent_status: str | None, startup: dict[str, str] | None = None) -> None:
         full_name = self.row.full_name or ""
         for waiter in self.waiters:
             if waiter.creator:
-                content = results.created(full_name, agent_status)
+                content = results.created(full_name, agent_status, startup)
             else:
                 content = results.existing(full_name, "already_exists", results.ALREADY_BUILT)
+                content |= startup or {}
             self.answer(waiter.tool_call_id, content, is_error=False)
         self.waiters.clear()
 
@@ -405,6 +406,10 @@ def _build_succeeded(out: _Outcome, job: Job, event_id: str) -> None:
         out.answer_ready("no_agent")
         return
     agent_id = job.agents[0].id
+    if agent_id in out.ctx.facts.agents_seen_at and out.ctx.timeouts.wait_for_startup_scripts:
+        out.move(State.AGENT_WAITING, Trigger.BUILD_SUCCEEDED, event_id, agent_id=agent_id)
+        _agent_lifecycle(out, out.ctx.facts.agent_lifecycles.get(agent_id), event_id)
+        return
     if agent_id in out.ctx.facts.agents_seen_at:
         out.move(
             State.READY,
@@ -422,8 +427,48 @@ def _on_agent_seen(out: _Outcome, seen: ev.AgentSeen) -> None:
     row = out.row
     if row.state != State.AGENT_WAITING or row.agent_id != seen.agent_id:
         return
+    if out.ctx.timeouts.wait_for_startup_scripts:
+        _agent_lifecycle(out, seen.lifecycle_state, seen.event_id)
+        return
     out.move(State.READY, Trigger.AGENT_CONNECTED, seen.event_id, agent_status="connected")
     out.answer_ready(None)
+
+
+# Lifecycles in which the startup scripts are still running (codersdk
+# WorkspaceAgentLifecycle); any other but `ready` is a terminal failure.
+_SCRIPTS_RUNNING = frozenset({"created", "starting"})
+
+
+def _agent_lifecycle(out: _Outcome, lifecycle: str | None, event_id: str) -> None:
+    """
+    Move a connected agent's chat on by its lifecycle, as Coder's WaitForAgentReady does.
+
+    ``ready`` (or a reporter that does not say) answers at once; ``created``
+    and ``starting`` wait for the scripts, up to the startup-script timeout;
+    any other state answers with ``startup_scripts_failed``.
+    """
+    if lifecycle is None or lifecycle == "ready":
+        out.move(State.READY, Trigger.AGENT_CONNECTED, event_id, agent_status="connected")
+        out.answer_ready(None)
+    elif lifecycle in _SCRIPTS_RUNNING:
+        if out.row.agent_status != "connected":
+            deadline = out.ctx.now + timedelta(seconds=out.ctx.timeouts.startup_script_s)
+            out.move(
+                State.AGENT_WAITING,
+                Trigger.STARTUP_SCRIPTS_RUNNING,
+                event_id,
+                agent_status="connected",
+                deadline=deadline,
+            )
+    else:
+        out.move(
+            State.READY,
+            Trigger.STARTUP_SCRIPTS_FAILED,
+            event_id,
+            agent_status="connected",
+            reason=f"startup scripts ended in {lifecycle}",
+        )
+        out.answer_ready(None, results.startup_failed(lifecycle))
 
 
 def _on_timer(out: _Outcome, fired: ev.TimerFired) -> None:
@@ -435,6 +480,15 @@ def _on_timer(out: _Outcome, fired: ev.TimerFired) -> None:
         out.answer_failed(CREATE_TIMED_OUT, CREATE_TIMED_OUT)
     elif row.state == State.BUILDING:
         _fail_build(out, Trigger.BUILD_TIMED_OUT, fired.event_id, BUILD_TIMED_OUT)
+    elif row.state == State.AGENT_WAITING and row.agent_status == "connected":
+        # Connected, but its startup scripts outran their timeout: usable, say so.
+        out.move(
+            State.READY,
+            Trigger.STARTUP_SCRIPTS_TIMED_OUT,
+            fired.event_id,
+            reason=results.STARTUP_SCRIPTS_TIMEOUT,
+        )
+        out.answer_ready(None, results.startup_timeout())
     elif row.state == State.AGENT_WAITING:
         out.move(
             State.AGENT_WAITING,

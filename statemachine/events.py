@@ -86,6 +86,9 @@ class AgentSeen:
     event_id: str
     agent_id: str
     seen_at: datetime
+    # The agent's lifecycle as Coder reports it (`created`, `starting`, `ready`,
+    # `start_error`, ...); None when the reporter does not say.
+    lifecycle_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

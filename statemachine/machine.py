@@ -30,6 +30,11 @@ TABLE: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = (
     (T.BUILD_TIMED_OUT, (S.BUILDING,), S.FAILED, None),
     (T.AGENT_CONNECTED, (S.AGENT_WAITING,), S.READY, None),
     (T.AGENT_CONNECT_TIMED_OUT, (S.AGENT_WAITING,), S.AGENT_WAITING, None),
+    # With wait_for_startup_scripts: connected, scripts still running; then
+    # ready (agent_connected), failed scripts or their timeout (ready with a note).
+    (T.STARTUP_SCRIPTS_RUNNING, (S.AGENT_WAITING,), S.AGENT_WAITING, "scripts_running"),
+    (T.STARTUP_SCRIPTS_FAILED, (S.AGENT_WAITING,), S.READY, "lifecycle_not_ready"),
+    (T.STARTUP_SCRIPTS_TIMED_OUT, (S.AGENT_WAITING,), S.READY, None),
     (
         T.WORKSPACE_DELETED,
         (S.BUILDING, S.AGENT_WAITING, S.READY, S.FAILED),

@@ -126,6 +126,7 @@ class Facts:
     agents_seen_at: Mapping[str, datetime] = field(default_factory=dict)
     latest_builds: Mapping[str, Job] = field(default_factory=dict)
     calls: Mapping[str, AnsweredCall] = field(default_factory=dict)
+    agent_lifecycles: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +139,7 @@ class Timeouts:
     agent_connect_s: float = 120.0
     agent_inactivity_s: float = 30.0
     create_s: float = 120.0
+    # Coder's chat tools wait for the agent's startup scripts after it
+    # connects (workspacereadiness.go); off answers at the first heartbeat.
+    wait_for_startup_scripts: bool = False
+    startup_script_s: float = 600.0

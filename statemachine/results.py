@@ -13,9 +13,15 @@ AGENT_TIMED_OUT = "timed out waiting for workspace agent"
 TEMPLATE_REQUIRED = "template_id is required; use list_templates to find one"
 
 
-def created(full_name: str, agent_status: str | None = None) -> dict[str, Any]:
+STARTUP_SCRIPTS_FAILED = "startup_scripts_failed"
+STARTUP_SCRIPTS_TIMEOUT = "startup_scripts_timeout"
+
+
+def created(
+    full_name: str, agent_status: str | None = None, startup: dict[str, str] | None = None
+) -> dict[str, Any]:
     """
-    Answer the call that caused the create.
+    Answer the call that caused the create; ``startup`` adds Coder's startup-script fields.
     """
     content: dict[str, Any] = {"created": True, "workspace_name": full_name}
     if agent_status == "no_agent":
@@ -23,7 +29,21 @@ def created(full_name: str, agent_status: str | None = None) -> dict[str, Any]:
     elif agent_status == "not_ready":
         content["agent_status"] = "not_ready"
         content["agent_error"] = AGENT_TIMED_OUT
-    return content
+    return content | (startup or {})
+
+
+def startup_failed(lifecycle_state: str) -> dict[str, str]:
+    """
+    Say that the agent's startup scripts ended in ``lifecycle_state``, not ``ready``.
+    """
+    return {"startup_scripts": STARTUP_SCRIPTS_FAILED, "lifecycle_state": lifecycle_state}
+
+
+def startup_timeout() -> dict[str, str]:
+    """
+    Say that the startup scripts did not finish within the startup-script timeout.
+    """
+    return {"startup_scripts": STARTUP_SCRIPTS_TIMEOUT}
 
 
 def existing(full_name: str, status: str, message: str) -> dict[str, Any]:

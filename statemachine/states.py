@@ -35,6 +35,9 @@ class Trigger(StrEnum):
     BUILD_TIMED_OUT = "build_timed_out"
     AGENT_CONNECTED = "agent_connected"
     AGENT_CONNECT_TIMED_OUT = "agent_connect_timed_out"
+    STARTUP_SCRIPTS_RUNNING = "startup_scripts_running"
+    STARTUP_SCRIPTS_FAILED = "startup_scripts_failed"
+    STARTUP_SCRIPTS_TIMED_OUT = "startup_scripts_timed_out"
     WORKSPACE_DELETED = "workspace_deleted"
 
 

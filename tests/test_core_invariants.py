@@ -67,6 +67,8 @@ class World:
     reached: set[tuple[Trigger, State, State]] = field(default_factory=set)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     events: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    lifecycles: dict[str, str] = field(default_factory=dict)
 
     # Inputs ---------------------------------------------------------------------
 
@@ -84,6 +86,8 @@ class World:
                 self.job_update(which, transition, status, with_agents=with_agents)
             case ("beat", which, ago_s):
                 self.heartbeat(which, ago_s)
+            case ("life", which, lifecycle):
+                self.heartbeat(which, 0, lifecycle)
             case ("advance", variant):
                 self.advance(variant)
             case ("tick", seconds):
@@ -190,11 +194,12 @@ class World:
             self.jobs[merged.job_id] = merged
             self.apply(ev.JobChanged(self.event_id(), merged))
 
-    def heartbeat(self, which: int, ago_s: int) -> None:
+    def heartbeat(self, which: int, ago_s: int, lifecycle: str = "ready") -> None:
         agent_id = _agent(self.command(which))
         at = self.now - timedelta(seconds=ago_s)
         self.seen[agent_id] = max(self.seen.get(agent_id, at), at)
-        self.apply(ev.AgentSeen(self.event_id(), agent_id, at))
+        self.lifecycles[agent_id] = lifecycle
+        self.apply(ev.AgentSeen(self.event_id(), agent_id, at, lifecycle))
 
     # The fold -------------------------------------------------------------------
 
@@ -204,11 +209,11 @@ class World:
             known = latest.get(job.workspace_id)
             if known is None or job.occurred_at > known.occurred_at:
                 latest[job.workspace_id] = job
-        return Facts(dict(self.jobs), dict(self.seen), latest, self.calls)
+        return Facts(dict(self.jobs), dict(self.seen), latest, self.calls, dict(self.lifecycles))
 
     def apply(self, event: ev.Event) -> decide.Decision:
         before = self.chat
-        ctx = decide.Context(self.now, self.facts(), Timeouts(), self.rng)
+        ctx = decide.Context(self.now, self.facts(), self.timeouts, self.rng)
         decision = decide.decide(before, event, ctx)
         self.check(before, decision)
         self.remember_calls(decision.effects)
@@ -347,6 +352,11 @@ STEPS = st.one_of(
         st.booleans(),
     ),
     st.tuples(st.just("beat"), WHICH, st.integers(0, 90)),
+    st.tuples(
+        st.just("life"),
+        WHICH,
+        st.sampled_from(["created", "starting", "ready", "start_error", "start_timeout"]),
+    ),
     st.tuples(st.just("advance"), st.integers(0, 7)),
     st.tuples(st.just("advance"), st.integers(0, 7)),
     st.tuples(st.just("tick"), st.sampled_from([1, 10, 29, 31, 119, 121, 599, 601])),
@@ -359,6 +369,16 @@ FAST = settings(max_examples=200, deadline=None)
 @FAST
 def test_every_sequence_of_events_keeps_the_invariants(steps: list[tuple[Any, ...]]) -> None:
     world = World()
+    for step in steps:
+        world.step(step)
+
+
+@given(st.lists(STEPS, min_size=1, max_size=60))
+@FAST
+def test_every_sequence_keeps_the_invariants_while_waiting_for_startup_scripts(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    world = World(timeouts=STARTUP_SCRIPTS)
     for step in steps:
         world.step(step)
 
@@ -460,10 +480,38 @@ SCRIPTS = {
 }
 
 
+STARTUP_SCRIPTS = Timeouts(wait_for_startup_scripts=True)
+# Sequences run with wait_for_startup_scripts on.
+SCRIPTS_WAITING = {
+    "scripts run, then finish": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", True),
+        ("life", 0, "starting"),  # startup_scripts_running
+        ("life", 0, "ready"),  # agent_connected: ready
+    ],
+    "scripts fail": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("life", 0, "starting"),  # before the build succeeded
+        ("job", 0, "start", "succeeded", True),  # agent_waiting, then scripts running
+        ("life", 0, "start_error"),  # startup_scripts_failed: ready
+    ],
+    "scripts outrun their timer": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", True),
+        ("life", 0, "created"),
+        ("timer", 0, True),  # startup_scripts_timed_out: ready
+    ],
+}
+
+
 def test_the_scripted_sequences_reach_every_transition_of_the_table() -> None:
     reached: set[tuple[Trigger, State, State]] = set()
-    for steps in SCRIPTS.values():
-        world = World()
+    runs = [(World(), steps) for steps in SCRIPTS.values()]
+    runs += [(World(timeouts=STARTUP_SCRIPTS), steps) for steps in SCRIPTS_WAITING.values()]
+    for world, steps in runs:
         for step in steps:
             world.step(step)
         reached |= world.reached

@@ -545,11 +545,103 @@ def test_a_waiting_call_seen_again_changes_nothing(row_kind: str, call_id: str) 
     assert decide.decide(chat, again, _context(facts)) == decide.Decision(chat, ())
 
 
+# With wait_for_startup_scripts on (Coder's workspacereadiness.go) -------------------
+
+SCRIPTS = Timeouts(wait_for_startup_scripts=True)
+WAITING_CHAT, _ = ROWS["agent_waiting"]
+SCRIPTS_RUNNING_CHAT = Chat(
+    dataclasses.replace(WAITING_CHAT.row, agent_status="connected"), WAITERS
+)
+
+
+def _scripts(chat: Chat, event: ev.Event, facts: Facts | None = None) -> decide.Decision:
+    return decide.decide(
+        chat, event, decide.Context(NOW, facts or Facts(), SCRIPTS, random.Random(0))
+    )
+
+
+def _seen(lifecycle: str | None) -> ev.AgentSeen:
+    return ev.AgentSeen(f"event-seen-{lifecycle}", AGENT, NOW, lifecycle)
+
+
+def _script_decisions() -> list[decide.Decision]:
+    timer = ev.TimerFired("event-timer", CHAT, SCRIPTS_RUNNING_CHAT.row.version)
+    return [
+        _scripts(WAITING_CHAT, _seen("starting")),
+        _scripts(SCRIPTS_RUNNING_CHAT, _seen("ready")),
+        _scripts(SCRIPTS_RUNNING_CHAT, _seen("start_error")),
+        _scripts(SCRIPTS_RUNNING_CHAT, timer),
+    ]
+
+
+def test_a_connected_agent_whose_scripts_run_keeps_the_chat_waiting_on_a_script_timer() -> None:
+    decision = _scripts(WAITING_CHAT, _seen("starting"))
+    row = decision.chat.row
+    assert row.state == State.AGENT_WAITING
+    assert row.agent_status == "connected"
+    assert row.deadline_at == NOW + timedelta(seconds=SCRIPTS.startup_script_s)
+    (moved,) = _of(effects.RecordTransition, decision)
+    assert moved.trigger == Trigger.STARTUP_SCRIPTS_RUNNING
+    assert _answers(decision) == {}
+    # The next heartbeat of a still-starting agent changes nothing.
+    assert _of(effects.RecordTransition, _scripts(decision.chat, _seen("starting"))) == []
+
+
+def test_scripts_that_finish_make_the_chat_ready_with_the_usual_answers() -> None:
+    decision = _scripts(SCRIPTS_RUNNING_CHAT, _seen("ready"))
+    assert decision.chat.row.state == State.READY
+    assert _answers(decision) == {
+        CREATOR: _ok({"created": True, "workspace_name": FULL_NAME}),
+        OTHER: ALREADY_BUILT,
+    }
+
+
+def test_scripts_that_fail_answer_ready_with_startup_scripts_failed_and_the_lifecycle() -> None:
+    decision = _scripts(SCRIPTS_RUNNING_CHAT, _seen("start_error"))
+    assert decision.chat.row.state == State.READY
+    failed = {"startup_scripts": "startup_scripts_failed", "lifecycle_state": "start_error"}
+    answers = _answers(decision)
+    assert answers[CREATOR] == _ok({"created": True, "workspace_name": FULL_NAME} | failed)
+    assert answers[OTHER][1]["startup_scripts"] == "startup_scripts_failed"
+
+
+def test_scripts_that_outrun_their_timer_answer_ready_with_startup_scripts_timeout() -> None:
+    timer = ev.TimerFired("event-timer", CHAT, SCRIPTS_RUNNING_CHAT.row.version)
+    decision = _scripts(SCRIPTS_RUNNING_CHAT, timer)
+    assert decision.chat.row.state == State.READY
+    (moved,) = _of(effects.RecordTransition, decision)
+    assert moved.trigger == Trigger.STARTUP_SCRIPTS_TIMED_OUT
+    timeout = {"startup_scripts": "startup_scripts_timeout"}
+    assert _answers(decision)[CREATOR] == _ok(
+        {"created": True, "workspace_name": FULL_NAME} | timeout
+    )
+
+
+def test_a_build_whose_agent_already_beat_while_starting_waits_for_its_scripts() -> None:
+    chat, _ = ROWS["building"]
+    facts = Facts(agents_seen_at={AGENT: NOW}, agent_lifecycles={AGENT: "starting"})
+    decision = _scripts(chat, EVENTS["job_succeeded_with_agents"](chat.row), facts)
+    triggers = [t.trigger for t in _of(effects.RecordTransition, decision)]
+    assert triggers == [Trigger.BUILD_SUCCEEDED, Trigger.STARTUP_SCRIPTS_RUNNING]
+    assert decision.chat.row.state == State.AGENT_WAITING
+    assert _answers(decision) == {}
+
+
+def test_without_the_script_wait_a_starting_agent_is_ready_at_its_first_heartbeat() -> None:
+    decision = decide.decide(WAITING_CHAT, _seen("starting"), _context(Facts()))
+    assert decision.chat.row.state == State.READY
+
+
 def test_every_transition_of_the_table_is_reached_by_some_decision() -> None:
     reached = {
         (r.trigger, r.from_state, r.to_state)
         for row_kind, event_kind in PAIRS
         for r in _of(effects.RecordTransition, _decide(row_kind, event_kind)[1])
+    }
+    reached |= {
+        (r.trigger, r.from_state, r.to_state)
+        for decision in _script_decisions()
+        for r in _of(effects.RecordTransition, decision)
     }
     assert reached <= machine.allowed()
     assert reached == machine.allowed()
