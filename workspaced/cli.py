@@ -15,7 +15,7 @@ from consumers import kafka
 from devtools import simulator
 from storage import errors, migrate
 from telemetry import logs
-from workspaced import client, commands, daemon, settings, status
+from workspaced import client, commands, daemon, dashboard, settings, status
 from workspaced.bridge import app as bridge
 
 
@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     stat = sub.add_parser("status", help="state counts and recent transitions")
     stat.add_argument("--recent", type=int, default=15, help="how many transitions to show")
     commands.add_parsers(sub)
+    dash = sub.add_parser("dashboard", help="a live, read-only web page of the state")
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; the page has no login"
+    )
+    dash.add_argument("--port", type=int, default=8765, help="port to listen on (8765)")
     return parser
 
 
@@ -153,6 +158,8 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
         print(f"applied {applied}" if applied else "schema is up to date")  # noqa: T201
     elif args.command == "run":
         asyncio.run(daemon.run(conf))
+    elif args.command == "dashboard":
+        asyncio.run(dashboard.run(dsn, args.host, args.port))
     elif args.command == "bridge":
         asyncio.run(bridge.run(conf))
     elif args.command == "fake-coder":
