@@ -108,7 +108,7 @@ async def stack(services: Services, database_url: str) -> AsyncIterator[Stack]:
         bridge_lease_seconds=3.0,
     )
     await kafka.ensure_topics(conf.kafka_config())
-    bus = await Bus(conf, ROLES + ("workspace_commands",)).__aenter__()
+    bus = await Bus(conf, (*ROLES, "workspace_commands")).__aenter__()
     found = Stack(conf, fake, bus)
     try:
         yield found
@@ -300,3 +300,54 @@ async def test_through_daemon_bridge_and_fake_coder_a_tool_call_gets_its_workspa
         assert row["agent_id"] is not None
     finally:
         await daemon.halt()
+
+
+async def _build_command(
+    stack: Stack, chat: str, workspace_id: str, transition: str
+) -> dict[str, Any]:
+    data = {
+        "command_id": new_id(),
+        "chat_id": chat,
+        "workspace_id": workspace_id,
+        "transition": transition,
+    }
+    await stack.bus.publish(
+        "workspace_commands", chat, "coder.workspace.build.v1", data, ce_id=new_id()
+    )
+    return data
+
+
+async def test_a_stop_command_queues_one_stop_build_even_when_delivered_twice(stack: Stack) -> None:
+    stack.start_bridge()
+    command = await stack.command("stopme")
+    _, made = await stack.answer(command)
+    await stack.job_status(made["workspace_id"], "succeeded")
+    stop = await _build_command(stack, made["chat_id"], made["workspace_id"], "stop")
+    ce_type, queued = await stack.answer(stop)
+    assert ce_type == "coder.workspace.build_queued.v1"
+    assert queued["transition"] == "stop"
+    workspace = stack.fake.workspace(uuid.UUID(made["workspace_id"]))
+    assert queued["build_id"] == workspace["latest_build"]["id"]
+    assert queued["job_id"] == workspace["latest_build"]["job"]["id"]
+    # Delivered again (the bridge died after Coder queued it): the same build, not a second.
+    await stack.bus.publish(
+        "workspace_commands", made["chat_id"], "coder.workspace.build.v1", stop, ce_id=new_id()
+    )
+    found = await stack.bus.wait_for(
+        "workspace_command_results", lambda r: r.data["command_id"] == stop["command_id"], count=2
+    )
+    assert {f.data["build_id"] for f in found} == {queued["build_id"]}
+    assert stack.fake.counters.count("POST", "/api/v2/workspaces/{workspace}/builds") == 1
+    stopped = await stack.job_status(made["workspace_id"], "succeeded", transition="stop")
+    assert stopped["build_id"] == queued["build_id"]
+
+
+async def test_a_build_coder_refuses_is_answered_with_coders_response(stack: Stack) -> None:
+    stack.start_bridge()
+    chat = new_id()
+    unknown = str(uuid.uuid4())
+    start = await _build_command(stack, chat, unknown, "start")
+    ce_type, data = await stack.answer(start)
+    assert ce_type == "coder.workspace.build_rejected.v1"
+    assert data["status_code"] == 404
+    assert data["message"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,13 @@ from workspaced.bridge.publisher import EventPublisher
 
 log = logs.get(__name__)
 CREATE = "coder.workspace.create.v1"
+BUILD = "coder.workspace.build.v1"
+_KEYS = {
+    CREATE: ("command_id", "chat_id", "owner_id", "template_id", "name"),
+    BUILD: ("command_id", "chat_id", "workspace_id", "transition"),
+}
+# A latest build of the asked transition in one of these is the build asked for.
+_NOT_FAILED = frozenset({"pending", "running", "succeeded"})
 _NAME_INDEX = "workspaces_owner_id_lower_idx"
 
 
@@ -56,6 +63,8 @@ class CoderApi(Protocol):
     ) -> models.Workspace: ...
 
     async def workspace_by_owner_and_name(self, owner: str, name: str) -> models.Workspace: ...
+
+    async def create_build(self, workspace_id: str, transition: str) -> models.WorkspaceBuild: ...
 
     def watch(self, workspace_id: str) -> AsyncIterator[models.Workspace]: ...
 
@@ -105,31 +114,45 @@ class CommandExecutor:
         """
         Execute one command record; return False when stopping left it unanswered.
         """
-        if ce_type != CREATE:
+        keys = _KEYS.get(ce_type)
+        if keys is None:
             log.warning("bridge_command_skipped", ce_type=ce_type, reason="unknown type")
             return True
-        command = _readable(value)
+        command = _readable(value, keys)
         if command is None:
             log.warning("bridge_command_unreadable", ce_type=ce_type)
             return True  # the daemon wrote it: nothing a retry would change
-        answered = await self._create(command)
+        if ce_type == CREATE:
+            answered = await self._until_answered(
+                command, self._try_create, self._created, self._failed
+            )
+        else:
+            answered = await self._until_answered(
+                command, self._try_build, self._queued, self._refused
+            )
         self.executed += answered
         return answered
 
-    async def _create(self, command: dict[str, Any]) -> bool:
+    async def _until_answered(
+        self,
+        command: dict[str, Any],
+        call: Callable[[dict[str, Any]], Awaitable[Any]],
+        done: Callable[[dict[str, Any], Any], Awaitable[None]],
+        refused: Callable[[dict[str, Any], coder_errors.CoderRejectedError], Awaitable[None]],
+    ) -> bool:
         attempt = 0
         while True:
             try:
-                workspace = await self._try_create(command)
-            except coder_errors.CoderRejectedError as refused:
-                await self._failed(command, refused)
+                answer = await call(command)
+            except coder_errors.CoderRejectedError as refusal:
+                await refused(command, refusal)
                 return True
             except coder_errors.CoderUnavailableError as unavailable:
                 delay_s = self._backoff.delay(attempt, unavailable.retry_after_s, self._rng)
                 log.warning(
                     "coder_call_retrying",
-                    call="create_workspace",
                     chat_id=command["chat_id"],
+                    command_id=command["command_id"],
                     error=str(unavailable),
                     retry_in_s=round(delay_s, 3),
                 )
@@ -137,7 +160,7 @@ class CommandExecutor:
                 if await _stopped_within(self._stop, delay_s):
                     return False
                 continue
-            await self._created(command, workspace)
+            await done(command, answer)
             return True
 
     async def _try_create(self, command: dict[str, Any]) -> models.Workspace:
@@ -174,6 +197,42 @@ class CommandExecutor:
                 ) from None
             raise
 
+    async def _try_build(self, command: dict[str, Any]) -> models.WorkspaceBuild:
+        """
+        Queue a start or stop build, unless the latest build already does it.
+
+        A command delivered again (the bridge died after Coder queued the
+        build) finds that build as the latest, and answers with it rather
+        than queueing a second one.
+        """
+        workspace = await self._coder.workspace(command["workspace_id"])
+        latest = workspace.latest_build
+        if (
+            latest.transition.value == command["transition"]
+            and latest.job.status.value in _NOT_FAILED
+        ):
+            return latest
+        return await self._coder.create_build(command["workspace_id"], command["transition"])
+
+    async def _queued(self, command: dict[str, Any], build: models.WorkspaceBuild) -> None:
+        data = mapping.build_queued(command, build)
+        ce_id = mapping.event_id("build_queued", command["command_id"])
+        await self._publisher.send(
+            "workspace_command_results", command["chat_id"], mapping.BUILD_QUEUED, ce_id, data
+        )
+
+    async def _refused(
+        self, command: dict[str, Any], refused: coder_errors.CoderRejectedError
+    ) -> None:
+        validations = [{"field": v.field, "detail": v.detail} for v in refused.validations]
+        data = mapping.rejected(
+            command, refused.status_code, refused.message, refused.detail, validations
+        )
+        ce_id = mapping.event_id("build_rejected", command["command_id"])
+        await self._publisher.send(
+            "workspace_command_results", command["chat_id"], mapping.BUILD_REJECTED, ce_id, data
+        )
+
     async def _created(self, command: dict[str, Any], workspace: models.Workspace) -> None:
         await self._watch(str(workspace.id))  # watch before answering: no update slips by
         data = mapping.created(command, workspace)
@@ -186,7 +245,7 @@ class CommandExecutor:
         self, command: dict[str, Any], refused: coder_errors.CoderRejectedError
     ) -> None:
         validations = [{"field": v.field, "detail": v.detail} for v in refused.validations]
-        data = mapping.create_failed(
+        data = mapping.rejected(
             command, refused.status_code, refused.message, refused.detail, validations
         )
         ce_id = mapping.event_id("create_failed", command["command_id"])
@@ -198,12 +257,11 @@ class CommandExecutor:
         )
 
 
-def _readable(value: bytes | None) -> dict[str, Any] | None:
+def _readable(value: bytes | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
     try:
         command = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
-    keys = ("command_id", "chat_id", "owner_id", "template_id", "name")
     if not isinstance(command, dict) or not all(isinstance(command.get(k), str) for k in keys):
         return None
     return command

@@ -20,6 +20,8 @@ JOB_UPDATED = "coder.provisioner_job.updated.v1"
 HEARTBEAT = "coder.agent.heartbeat.v1"
 CREATED = "coder.workspace.created.v1"
 CREATE_FAILED = "coder.workspace.create_failed.v1"
+BUILD_QUEUED = "coder.workspace.build_queued.v1"
+BUILD_REJECTED = "coder.workspace.build_rejected.v1"
 _NS = uuid.UUID("3b0f5a52-6f0e-4a57-9d55-8f1c9a7e2d10")
 
 
@@ -104,7 +106,21 @@ def created(command: dict[str, Any], workspace: models.Workspace) -> dict[str, A
     }
 
 
-def create_failed(
+def build_queued(command: dict[str, Any], build: models.WorkspaceBuild) -> dict[str, Any]:
+    """
+    Return the ``coder.workspace.build_queued.v1`` answering a start or stop command.
+    """
+    return {
+        "command_id": command["command_id"],
+        "chat_id": command["chat_id"],
+        "workspace_id": command["workspace_id"],
+        "transition": build.transition.value,
+        "build_id": str(build.id),
+        "job_id": str(build.job.id),
+    }
+
+
+def rejected(
     command: dict[str, Any],
     status_code: int | None,
     message: str,
@@ -112,7 +128,7 @@ def create_failed(
     validations: list[dict[str, str]],
 ) -> dict[str, Any]:
     """
-    Return the ``coder.workspace.create_failed.v1`` carrying Coder's response as it came.
+    Return a refusal (``create_failed``, ``build_rejected``) carrying Coder's response as it came.
     """
     data: dict[str, Any] = {
         "command_id": command["command_id"],
