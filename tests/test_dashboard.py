@@ -1,7 +1,7 @@
 """
 The live page (``workspaced dashboard``) in a real headless Chromium, and its event stream.
 
-The browser is Debian's ``chromium`` (``make browser`` installs it), driven by
+The browser is Debian's ``chromium`` (``make system-deps`` installs it), driven by
 Playwright. Every dashboard here connects as a login granted only
 ``workspaced_reader``, so every query it makes is proven read-only. Set
 ``WORKSPACED_SCREENSHOT_DIR=docs`` to refresh ``docs/dashboard.png``.
@@ -46,7 +46,7 @@ FAILED = (*BUILD_FAILS, ("build_failed", "failed", 40.0))
 async def browser() -> AsyncIterator[Browser]:
     if shutil.which(str(CHROMIUM)) is None:
         pytest.fail(
-            f"no executable Chromium at {CHROMIUM}: run `make browser` (as root it installs Debian's "
+            f"no executable Chromium at {CHROMIUM}: run `make system-deps` (as root it installs Debian's "
             "chromium package), or point WORKSPACED_TEST_CHROMIUM at a Chromium binary"
         )
     async with async_playwright() as playwright:

@@ -134,3 +134,14 @@ def test_fixture_settings_ignore_workspaced_variables_exported_in_the_shell(
     assert conf.kafka_bootstrap_servers == "127.0.0.1:2"
     assert conf.consumer_group != "production"
     assert conf.topic_prefix.startswith("t")
+
+
+@pytest.mark.parametrize("separator", ["?", "/", "#"])
+def test_a_database_password_left_unencoded_is_refused_without_being_echoed(
+    separator: str,
+) -> None:
+    url = f"postgresql://u:pa{separator}SECRETx@127.0.0.1:5432/db"
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.explicit(database_url=url)
+    assert "SECRET" not in str(caught.value)
+    assert "percent-encode" in str(caught.value)

@@ -125,6 +125,17 @@ def _fake_coder(args: argparse.Namespace, conf: settings.Settings) -> int:
     return 0
 
 
+def _service(exc: Exception) -> str:
+    """
+    Name what failed, so "certificate verify failed" says whether it was PostgreSQL or Kafka.
+    """
+    if isinstance(exc, errors.StorageError | daemon.NotMigratedError):
+        return "postgresql"
+    if isinstance(exc, kafka.BrokerError | client.ClientError):
+        return "kafka"
+    return "coder"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the command line; return the exit status.
@@ -145,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.ClientError,
         bridge.BridgeConfigError,
     ) as exc:
-        logs.get("workspaced").error("command_failed", command=args.command, error=str(exc))
+        logs.get("workspaced").error(
+            "command_failed", command=args.command, service=_service(exc), error=str(exc)
+        )
         return 1
     except KeyboardInterrupt:
         return 130

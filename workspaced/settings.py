@@ -154,9 +154,21 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url_is_postgres(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in {"postgres", "postgresql"}:
-            raise ValueError("must be a postgresql:// URL")
+        # Python's own URL errors quote the text they choke on, which may be
+        # the password: every message here is our own.
+        try:
+            parts = urlsplit(value.get_secret_value())
+            port = parts.port
+        except ValueError:
+            port, parts = None, None
+        unencoded = parts is not None and "@" in parts.path + parts.query + parts.fragment
+        if parts is None or parts.scheme not in {"postgres", "postgresql"} or unencoded:
+            msg = (
+                "must be a postgresql:// URL with a numeric port, if any; "
+                "percent-encode '/', '?', '#' and '@' in the password"
+            )
+            raise ValueError(msg)
+        del port
         return value
 
     @field_validator("topic_prefix")

