@@ -4,17 +4,30 @@ Decode CloudEvents records into domain events, and encode outputs as CloudEvents
 Binary mode (``ce_*`` headers, JSON value) is the norm; structured mode
 (``content-type: application/cloudevents+json``) is accepted on input. A
 record that cannot be decoded becomes a ``DeadLetter`` with the reason (R15).
+
+PostgreSQL stores no NUL character in ``text`` or ``jsonb``. A NUL in a tool
+call's parameters gets an error result, like any bad argument (R1, R15); a NUL
+in any other text that is stored (a tool call id, Coder's names and messages,
+a job's error or agent names, a lifecycle state) makes the record a dead
+letter, ``could not be applied: <field> contains a NUL character``:
+rewriting Coder's data would hide that it was wrong. Names (a given name, a
+template name) are no exception to R2: an invalid one seeds a generated
+name, which holds only ``[a-z0-9-]``.
+
+Reasons and error texts echo input (field names, the start of a template
+id), so they escape control characters and stay under ``REASON_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from consumers import schemas
 from statemachine import events, toolcalls
@@ -22,6 +35,20 @@ from statemachine.model import Agent, Job
 
 STRUCTURED = "application/cloudevents+json"
 JSON = "application/json"
+
+# A dead letter's reason, and an error text made from input: a few errors, not
+# every one of a hundred thousand (they go into a Kafka header and the logs).
+REASON_MAX_BYTES = 1024
+_ERRORS_SHOWN = 5
+_FIELD_MAX_BYTES = 96
+# Kafka's framing at its largest: the batch header, then the record's length,
+# attributes, timestamp and offset deltas, key and value lengths and header
+# count as varints; and per header, the lengths of its name and value.
+_BATCH_OVERHEAD_BYTES = 61 + 5 + 1 + 10 + 5 + 5 + 5 + 5
+HEADER_OVERHEAD_BYTES = 5 + 5
+
+# A Kafka header: Kafka allows a null value.
+Header = tuple[str, bytes | None]
 
 # Which event types each input topic (by role) carries.
 INPUT_TYPES: dict[str, frozenset[str]] = {
@@ -46,7 +73,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[Header]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +143,58 @@ def decode(record: RawRecord, max_bytes: int) -> Inbound | DeadLetter:
     try:
         return _decode(record, max_bytes)
     except DecodeError as exc:
-        return DeadLetter(str(exc), record)
+        return DeadLetter(printable(str(exc)), record)
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the stream
-        return DeadLetter(f"could not be decoded: {type(exc).__name__}: {exc}", record)
+        return DeadLetter(printable(f"could not be decoded: {type(exc).__name__}: {exc}"), record)
+
+
+_SHORT_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+_ASCII_END = 0x80
+_BMP_END = 0x10000
+_CUT_MARK_BYTES = 40  # "... (1234567890 more characters)"
+
+
+def _escaped(char: str) -> str:
+    if char.isprintable():
+        return char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code < _ASCII_END:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < _BMP_END else f"\\U{code:08x}"
+
+
+def printable(text: str, max_bytes: int = REASON_MAX_BYTES) -> str:
+    """
+    Return ``text`` with control characters escaped, in at most ``max_bytes`` of UTF-8.
+
+    Escapes take the forms of Go's ``strconv.Quote`` (a backslash, then
+    ``x00``, ``n`` or ``u0085``), as Coder's own error texts quote input. A
+    text cut short ends saying how many characters were left out. What it
+    returns has nothing left to escape and fits: applied again with the same
+    limit, it changes nothing.
+    """
+    pieces: list[str] = []
+    size = 0
+    keep = 0  # pieces that still leave room for the cut mark
+    for char in text:
+        piece = _escaped(char)
+        size += len(piece.encode())
+        if size > max_bytes:
+            return "".join(pieces[:keep]) + f"... ({len(text) - keep} more characters)"
+        pieces.append(piece)
+        if size <= max_bytes - _CUT_MARK_BYTES:
+            keep = len(pieces)
+    return "".join(pieces)
 
 
 _ATTRIBUTES = ("specversion", "id", "source", "type")
@@ -133,7 +209,7 @@ def _header_text(name: str, value: bytes | None) -> str:
         raise DecodeError(msg) from None
 
 
-def _read_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[dict[str, Any], str | None]:
+def _read_headers(headers: Sequence[Header]) -> tuple[dict[str, Any], str | None]:
     attrs: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in headers:
@@ -194,13 +270,50 @@ def _json(value: bytes) -> Any:
 
 def describe(exc: ValidationError) -> str:
     """
-    Say what is wrong with each field, without echoing values.
+    Say what is wrong with the first few fields, without echoing values.
+
+    A small record can be wrong in a hundred thousand places (a list of empty
+    objects): the rest are counted, not listed. Field names come from the
+    input, so they are escaped and cut.
     """
+    return _describe(_errors(exc))
+
+
+def _errors(exc: ValidationError) -> list[ErrorDetails]:
+    # Without inputs, URLs and contexts: a hundred thousand errors cost half as much.
+    return exc.errors(include_url=False, include_context=False, include_input=False)
+
+
+def _describe(found: list[ErrorDetails]) -> str:
     parts = []
-    for error in exc.errors():
+    for error in found[:_ERRORS_SHOWN]:
         where = ".".join(str(p) for p in error["loc"]) or "data"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+        parts.append(f"{printable(where, _FIELD_MAX_BYTES)}: {error['msg']}")
+    if len(found) > _ERRORS_SHOWN:
+        parts.append(f"and {len(found) - _ERRORS_SHOWN} more errors")
+    # Room for what callers put in front ("invalid arguments: ") within REASON_MAX_BYTES.
+    return printable("; ".join(parts), REASON_MAX_BYTES - 64)
+
+
+def _refuse_nul(fields: Iterable[tuple[str, str | None]]) -> None:
+    """
+    Dead-letter a record with a NUL in text PostgreSQL would store.
+    """
+    for where, text in fields:
+        if text is not None and "\x00" in text:
+            msg = f"could not be applied: {where} contains a NUL character"
+            raise DecodeError(msg)
+
+
+def _nul_argument(parameters: dict[str, str] | None) -> str | None:
+    """
+    Return the error text of a parameter with a NUL in its name or value, if any.
+    """
+    for name, value in (parameters or {}).items():
+        if "\x00" in name or "\x00" in value:
+            where = printable(f"arguments.parameters.{name}", _FIELD_MAX_BYTES)
+            return f"invalid arguments: {where} contains a NUL character"
+    return None
 
 
 def _validate(model: type[BaseModel], data: Any) -> Any:
@@ -209,13 +322,14 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
             return model.model_validate_json(data)
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        found = _errors(exc)
+        first = found[0]
         if first["type"] == "json_invalid":
             msg = f"value is not JSON: {first['msg']}"
         elif first["type"] == "model_type" and not first["loc"]:
             msg = "data is not a JSON object"
         else:
-            msg = f"invalid data: {describe(exc)}"
+            msg = f"invalid data: {_describe(found)}"
         raise DecodeError(msg) from None
 
 
@@ -240,6 +354,8 @@ def _tool_call(ce_id: str, data: Any) -> events.ToolCall | events.InvalidToolCal
     # Everything but the arguments must be right, or the record is a dead
     # letter (R15); bad arguments get an error result (R1).
     envelope = _validate(schemas.ToolCallEnvelope, data)
+    # The answer is stored under the call's id: without it there is no answer.
+    _refuse_nul([("tool_call_id", envelope.tool_call_id)])
     tool_call_id, chat_id = envelope.tool_call_id, str(envelope.chat_id)
     arguments = data.get("arguments")
     try:
@@ -248,10 +364,15 @@ def _tool_call(ce_id: str, data: Any) -> events.ToolCall | events.InvalidToolCal
         )
         call = schemas.ToolCallData.model_validate(data)
     except toolcalls.InvalidArgumentError as exc:
-        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, str(exc))
-    except ValidationError as exc:
-        error = f"invalid arguments: {describe(exc)}"
+        # R1's text quotes the start of the template id: escape what it echoes.
+        error = printable(str(exc))
         return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, error)
+    except ValidationError as exc:
+        error = printable(f"invalid arguments: {describe(exc)}")
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, error)
+    nul = _nul_argument(call.arguments.parameters)
+    if nul is not None:
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, nul)
     return events.ToolCall(
         ce_id,
         tool_call_id,
@@ -266,6 +387,7 @@ def _tool_call(ce_id: str, data: Any) -> events.ToolCall | events.InvalidToolCal
 
 def _created(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateAccepted:
     c = _validate(schemas.CreatedData, data)
+    _refuse_nul([("workspace_name", c.workspace_name), ("owner_name", c.owner_name)])
     return events.CreateAccepted(
         ce_id,
         str(c.command_id),
@@ -292,6 +414,20 @@ def rejection_reason(failed: schemas.CreateFailedData) -> str:
 
 def _create_failed(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateRejected:
     f = _validate(schemas.CreateFailedData, data)
+    _refuse_nul(
+        [
+            ("message", f.message),
+            ("detail", f.detail),
+            *(
+                pair
+                for i, v in enumerate(f.validations or ())
+                for pair in (
+                    (f"validations.{i}.field", v.field),
+                    (f"validations.{i}.detail", v.detail),
+                )
+            ),
+        ]
+    )
     return events.CreateRejected(ce_id, str(f.command_id), str(f.chat_id), rejection_reason(f))
 
 
@@ -301,6 +437,9 @@ def _aware(moment: datetime) -> datetime:
 
 def _job_updated(ce_id: str, data: dict[str, Any] | bytes) -> JobReported:
     j = _validate(schemas.JobUpdatedData, data)
+    _refuse_nul(
+        [("error", j.error), *((f"agents.{i}.name", a.name) for i, a in enumerate(j.agents or ()))]
+    )
     agents = tuple(Agent(str(a.id), a.name) for a in j.agents or ())
     job = Job(
         str(j.job_id),
@@ -317,6 +456,7 @@ def _job_updated(ce_id: str, data: dict[str, Any] | bytes) -> JobReported:
 
 def _heartbeat(_ce_id: str, data: dict[str, Any] | bytes) -> HeartbeatReported:
     h = _validate(schemas.HeartbeatData, data)
+    _refuse_nul([("lifecycle_state", h.lifecycle_state)])
     return HeartbeatReported(
         str(h.agent_id), str(h.workspace_id), h.lifecycle_state, _aware(h.occurred_at)
     )
@@ -329,6 +469,18 @@ _DECODERS: dict[str, Any] = {
     "coder.provisioner_job.updated.v1": _job_updated,
     "coder.agent.heartbeat.v1": _heartbeat,
 }
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[Header]) -> int:
+    """
+    Return at least the bytes a record takes in a Kafka batch of its own.
+    """
+    return (
+        _BATCH_OVERHEAD_BYTES
+        + len(key or b"")
+        + len(value or b"")
+        + sum(HEADER_OVERHEAD_BYTES + len(name.encode()) + len(v or b"") for name, v in headers)
+    )
 
 
 def encode_headers(

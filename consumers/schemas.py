@@ -1,5 +1,5 @@
 """
-Define the data of every event on the topics (spec section 4) as pydantic models.
+Define the data of every event on the topics (docs/contract.md) as pydantic models.
 
 The same models validate inputs and produce the JSON Schemas in docs/schemas.
 """
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 ToolCallId = Field(min_length=1, max_length=255)
 
-# A UUID in canonical text form (spec section 4), lower-cased on the way in.
+# A UUID in canonical text form (docs/contract.md), lower-cased on the way in.
 # A string pattern checked by pydantic-core, not uuid.UUID objects: the same
 # contract, without building and printing an object per id on the hot path.
 UUID = Annotated[

@@ -100,7 +100,7 @@ class Bus:
             batch = await self.reader.getmany(timeout_ms=100)
             for tp, records in batch.items():
                 for r in records:
-                    headers = {k: v.decode(errors="replace") for k, v in r.headers}
+                    headers = {k: (v or b"").decode(errors="replace") for k, v in r.headers}
                     key = (r.key or b"").decode(errors="replace")
                     self.received[self._roles[tp.topic]].append(Received(key, headers, r.value))
                     if self._roles[tp.topic] == "dead_letters":

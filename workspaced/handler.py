@@ -9,7 +9,6 @@ through ``statemachine.decide`` and write the rows, history and outbox.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -30,9 +29,14 @@ log = logs.get(__name__)
 Item = codec.Inbound | codec.DeadLetter
 _NIL_OWNER = "00000000-0000-0000-0000-000000000000"
 _CONFLICT_RETRIES = 5
-# Apache Kafka refuses records over about 1 MB by default (message.max.bytes);
-# a dead letter's value is cut below that, leaving room for its headers.
-DEAD_LETTER_MAX_VALUE_BYTES = 960 * 1024
+# Apache Kafka refuses records over about 1 MB by default (message.max.bytes),
+# and the producer's max_request_size is at least 1 MiB (consumers/kafka.py):
+# a whole dead letter (key, headers, value and Kafka's framing) stays under
+# 960 KiB, leaving room for the request around it.
+DEAD_LETTER_MAX_BYTES = 960 * 1024
+DEAD_LETTER_MAX_VALUE_BYTES = DEAD_LETTER_MAX_BYTES
+# What the headers saying what was cut can take: a name, a number, framing.
+_CUT_HEADERS_BYTES = 2 * (24 + 20 + codec.HEADER_OVERHEAD_BYTES)
 
 
 def utcnow() -> datetime:
@@ -98,25 +102,46 @@ class BatchHandler:
         """
         Apply ``items`` atomically; isolate and dead-letter an item that cannot be applied.
 
-        Storage outages propagate (the caller retries without committing offsets).
+        Storage outages propagate as ``StorageUnavailableError`` (the caller
+        retries without committing offsets): an error with an unavailable
+        database anywhere in its cause or context chain (a connection closed
+        mid-transaction, say), or any error while PostgreSQL does not answer.
         Anything else, a bug included, rolls the batch back; the batch is then
-        applied item by item and the item that still fails is dead-lettered.
+        applied item by item, an item that fails is tried once more in a new
+        transaction, and one that fails again is dead-lettered.
         """
         try:
             return await self._with_retries(items)
         except (errors.StorageUnavailableError, errors.ConflictError):
             raise  # not the records' fault: the consumer retries the batch later
-        except Exception as exc:  # one poison record must not stop the stream
-            if not await self._store.healthy():
-                # Not the records' fault: retry the batch later, dead-letter nothing.
-                raise errors.StorageUnavailableError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - one poison record must not stop the stream
+            await self._unless_unavailable(exc)
             if len(items) == 1:
-                return await self._dead_letter_poison(items[0], exc)
-            log.warning("batch_failed_splitting", size=len(items), error=str(exc))
+                return await self._retry_alone(items[0])
+            log.warning("batch_failed_splitting", size=len(items), error=_text(exc))
             report = BatchReport()
             for item in items:
                 report.add(await self.handle([item]))
             return report
+
+    async def _retry_alone(self, item: Item) -> BatchReport:
+        # The first try may have failed for its connection's sake in a way its
+        # error does not show (a proxy that reset it, a rollback that met it
+        # closed); a new transaction takes a live connection from the pool.
+        try:
+            return await self._with_retries([item])
+        except (errors.StorageUnavailableError, errors.ConflictError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the item's fault, unless the database is gone
+            await self._unless_unavailable(exc)
+            return await self._dead_letter_poison(item, exc)
+
+    async def _unless_unavailable(self, exc: Exception) -> None:
+        """
+        Raise ``StorageUnavailableError`` when ``exc`` tells of an outage, not of the records.
+        """
+        if _unavailable(exc) or not await self._store.healthy():
+            raise errors.StorageUnavailableError(_text(exc)) from exc
 
     async def _with_retries(self, items: Sequence[Item]) -> BatchReport:
         for attempt in range(_CONFLICT_RETRIES):
@@ -130,23 +155,35 @@ class BatchHandler:
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def _dead_letter_poison(self, item: Item, exc: Exception) -> BatchReport:
-        dead = codec.DeadLetter(f"could not be applied: {exc}", item.record)
-        _log_dead_letter(dead, error=True)
-        record = self._dead_letter_record(dead)
+        """
+        Dead-letter an item that failed twice; never let it stop the stream, never drop it.
+
+        The whole record first; if that cannot be written, whatever the reason
+        (a header PostgreSQL refuses, say), the reason and the position alone.
+        If even that fails, PostgreSQL takes no writes now (a read-only primary
+        after a failover, say): the batch is retried later, uncommitted.
+        """
+        reason = (
+            item.reason if isinstance(item, codec.DeadLetter) else f"could not be applied: {exc}"
+        )
+        dead = codec.DeadLetter(codec.printable(reason), item.record)
         try:
-            async with self._store.transaction() as tx:
-                await tx.add_outbox([record])
+            await self._write_dead_letter(self._dead_letter_record(dead))
         except errors.StorageUnavailableError:
             raise
-        except errors.StorageError as again:
-            # Last resort: the dead letter without the original bytes, so the
-            # stream goes on and the reason and position are still published.
-            log.exception("dead_letter_stripped", error=str(again), topic=item.record.topic)
-            kept = tuple((k, v) for k, v in record.headers or () if k.startswith("dlq_"))
-            stripped = dataclasses.replace(record, key=None, payload=None, headers=kept)
-            async with self._store.transaction() as tx:
-                await tx.add_outbox([stripped])
+        except Exception as again:  # noqa: BLE001 - the original record may hold anything
+            _log_dead_letter_stripped(dead, again)
+            try:
+                await self._write_dead_letter(self._minimal_dead_letter(dead))
+            except Exception as last:
+                msg = f"dead letter could not be written: {_text(last)}"
+                raise errors.StorageUnavailableError(msg) from last
+        _log_dead_letter(dead, error=True)
         return BatchReport(dead_lettered=1, outbox_written=1)
+
+    async def _write_dead_letter(self, record: OutboxRecord) -> None:
+        async with self._store.transaction() as tx:
+            await tx.add_outbox([record])
 
     async def fire_timers(self, limit: int = 500) -> tuple[int, datetime | None]:
         """
@@ -198,9 +235,9 @@ class BatchHandler:
                 (chat_id, ev.AgentSeen(ids.derive("seen", agent_id, seen), agent_id, seen))
             )
         dead_records = [self._dead_letter_record(d) for d in dead]
+        report = await self._fold(tx, per_chat, owners, dead_records, now)
         for d in dead:
             _log_dead_letter(d)
-        report = await self._fold(tx, per_chat, owners, dead_records, now)
         report.applied = len(fresh)
         report.duplicates = duplicates
         report.dead_lettered = len(dead)
@@ -305,29 +342,85 @@ class BatchHandler:
         return Facts(found_jobs, seen, latest, dict(known))
 
     def _dead_letter_record(self, dead: codec.DeadLetter) -> OutboxRecord:
-        record = dead.record
-        added = {
-            "dlq_reason": dead.reason.replace("\x00", "\\0"),
-            "dlq_topic": record.topic,
-            "dlq_partition": str(record.partition),
-            "dlq_offset": str(record.offset),
-        }
-        value = record.value
+        """
+        Return a dead letter's outbox record: whole if it can be built, else reason and position.
+        """
         limit = min(self._max_record_bytes, DEAD_LETTER_MAX_VALUE_BYTES)
-        if value is not None and len(value) > limit:
-            # Keep what the broker will take; the header says how much there was.
-            added["dlq_original_bytes"] = str(len(value))
-            value = value[:limit]
-        headers = (*record.headers, *((k, v.encode()) for k, v in added.items()))
+        try:
+            key, value, headers = _dead_letter(dead, limit)
+        except Exception as exc:  # noqa: BLE001 - the original record may hold anything
+            _log_dead_letter_stripped(dead, exc)
+            return self._minimal_dead_letter(dead)
+        return self._outbox_record(dead, key, value, headers)
+
+    def _minimal_dead_letter(self, dead: codec.DeadLetter) -> OutboxRecord:
+        """
+        Return a dead letter with only the reason and the position: it can always be written.
+        """
+        return self._outbox_record(dead, None, None, _encoded(_about(dead)))
+
+    def _outbox_record(
+        self,
+        dead: codec.DeadLetter,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[codec.Header, ...],
+    ) -> OutboxRecord:
+        record = dead.record
         return OutboxRecord(
             self._dead_letter_topic,
-            record.key,
+            key,
             ids.derive("dead_letter", record.topic, record.partition, record.offset),
             "",
             utcnow(),
             value,
             headers,
         )
+
+
+def _about(dead: codec.DeadLetter) -> dict[str, str]:
+    record = dead.record
+    return {
+        "dlq_reason": codec.printable(dead.reason),
+        "dlq_topic": record.topic,
+        "dlq_partition": str(record.partition),
+        "dlq_offset": str(record.offset),
+    }
+
+
+def _encoded(added: dict[str, str]) -> tuple[codec.Header, ...]:
+    return tuple((name, text.encode()) for name, text in added.items())
+
+
+def _dead_letter(
+    dead: codec.DeadLetter, max_value_bytes: int
+) -> tuple[bytes | None, bytes | None, tuple[codec.Header, ...]]:
+    """
+    Return the key, value and headers of a dead letter: the original record, cut to fit.
+
+    The value is cut to ``max_value_bytes``, then as far as the whole record
+    needs to stay under ``DEAD_LETTER_MAX_BYTES``; original headers too large
+    to fit even without the value are left out. ``dlq_original_bytes`` (the
+    value's size) and ``dlq_headers_dropped`` (how many) say what was cut. A
+    key that alone does not fit leaves only the reason and the position.
+    """
+    record = dead.record
+    added = _about(dead)
+    budget = DEAD_LETTER_MAX_BYTES - _CUT_HEADERS_BYTES
+    headers = tuple(record.headers)
+    if codec.record_bytes(record.key, None, headers + _encoded(added)) > budget:
+        added["dlq_headers_dropped"] = str(len(headers))
+        headers = ()
+    fixed = codec.record_bytes(record.key, None, headers + _encoded(added))
+    if fixed > budget:
+        return None, None, _encoded(_about(dead))
+    value = record.value
+    limit = min(max_value_bytes, budget - fixed)
+    if value is not None and len(value) > limit:
+        # Keep what the broker will take; the header says how much there was.
+        added["dlq_original_bytes"] = str(len(value))
+        value = value[:limit]
+    return record.key, value, headers + _encoded(added)
 
 
 def _workspaces_of(inbound: Sequence[codec.Inbound]) -> set[str]:
@@ -345,11 +438,50 @@ def _log_dead_letter(dead: codec.DeadLetter, *, error: bool = False) -> None:
     record = dead.record
     (log.error if error else log.warning)(
         "record_dead_lettered",
-        reason=dead.reason,
+        reason=codec.printable(dead.reason),
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
     )
+
+
+def _log_dead_letter_stripped(dead: codec.DeadLetter, exc: Exception) -> None:
+    record = dead.record
+    log.error(
+        "dead_letter_stripped",
+        error=_text(exc),
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
+def _text(exc: BaseException) -> str:
+    """
+    Return an error's text fit for a log line or a header: short, control characters escaped.
+    """
+    return codec.printable(str(exc) or type(exc).__name__)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """
+    Tell whether an unavailable database shows anywhere in the cause and context chain of ``exc``.
+
+    asyncpg's ``Transaction.__aexit__`` replaces the error of a connection
+    that closed mid-transaction with its own, which keeps the first as its
+    context: the outage is in the chain, not on top.
+    """
+    seen: set[int] = set()
+    chain: list[BaseException] = [exc]
+    while chain:
+        link = chain.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        if isinstance(link, errors.StorageUnavailableError):
+            return True
+        chain += [e for e in (link.__cause__, link.__context__) if e is not None]
+    return False
 
 
 def _latest_beats(
