@@ -4,16 +4,25 @@ Consume the four input topics in one group and hand each batch to the handler.
 Offsets are committed only after the handler's transaction committed (R16).
 On a rebalance, revoked partitions wait for the batch in flight to finish and
 commit before they are given away.
+
+A batch is applied and committed only under the assignment it was fetched in.
+Once partitions were revoked or assigned, or the member lost its place in the
+group, batches fetched before are dropped: a new assignment starts reading at
+the committed offsets again, so their records are read again by whoever owns
+them now, and committing them late could move an offset backwards past what
+another member committed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError
 
 from consumers import codec, kafka
 from telemetry import logs
@@ -22,19 +31,41 @@ log = logs.get(__name__)
 
 
 Handle = Callable[[Sequence[codec.Inbound | codec.DeadLetter]], Awaitable[Any]]
+# Which assignment a batch was fetched under: a count of assignment changes
+# and the group generation. None: this member's place in the group is in doubt.
+Epoch = tuple[int, int] | None
 
 
-class _FinishInFlight(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """
+    Count assignment changes; let the batch in flight commit before partitions go.
+    """
+
     def __init__(self, lock: asyncio.Lock) -> None:
         self._lock = lock
+        self.changes = 0
+        # Set when a commit says the group moved on without us; the next
+        # assignment clears it.
+        self.lost = False
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Wait for the batch in flight: it commits its offsets before we let go.
+        # Counted only then, or that batch's own commit would be dropped.
         async with self._lock:
+            self.changes += 1
             log.info("partitions_revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.changes += 1
+        self.lost = False
         log.info("partitions_assigned", partitions=len(assigned))
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: dict[Any, list[Any]]
+    items: list[codec.Inbound | codec.DeadLetter]
+    epoch: Epoch
 
 
 class KafkaEventConsumer:
@@ -55,7 +86,12 @@ class KafkaEventConsumer:
         self._handle = handle
         self._is_retryable = is_retryable
         self._lock = asyncio.Lock()
+        self._assignment = _Assignment(self._lock)
         self._roles = {config.topic(role): role for role in kafka.INPUT_ROLES}
+        self._committed: dict[Any, int] = {}
+        self._committed_epoch: Epoch = None
+        self.fetched = 0
+        self.dropped = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """
@@ -63,32 +99,56 @@ class KafkaEventConsumer:
 
         Two stages overlap: while one batch's transaction waits on PostgreSQL,
         the next batch is fetched and decoded. Batches still commit one at a
-        time, in order.
+        time, in order. A batch that fails for good ends the run with its
+        error at once, even when no record follows it.
         """
         consumer = kafka.consumer(self._config, [], client_id="workspaced-consumer")
         with kafka.translated():
             await consumer.start()
-        consumer.subscribe(list(self._roles), listener=_FinishInFlight(self._lock))
+        consumer.subscribe(list(self._roles), listener=self._assignment)
         in_flight: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if in_flight is not None and in_flight.done():
+                    # Raises what failed the batch: without this a quiet
+                    # partition would hold it, uncommitted and unreported.
+                    in_flight.result()
+                    in_flight = None
                 with kafka.translated():
-                    batch = await consumer.getmany(
+                    # The timeout bounds how late a failed batch is seen. Never
+                    # cancel getmany instead: records it drained would be lost.
+                    records = await consumer.getmany(
                         timeout_ms=200, max_records=self._batch_max_records
                     )
-                if not batch:
+                if not records:
                     continue
-                items = self._decode(batch)
+                epoch = self._epoch(consumer)
+                self.fetched += sum(len(r) for r in records.values())
+                batch = _Batch(records, self._decode(records), epoch)
                 if in_flight is not None:
                     await in_flight
-                in_flight = asyncio.create_task(self._apply(consumer, batch, items, stop))
+                in_flight = asyncio.create_task(
+                    self._apply(consumer, batch, stop), name="consumer-batch"
+                )
             if in_flight is not None:
                 await in_flight
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
+            if in_flight is not None:
+                # Awaited, so it has rolled back before the consumer leaves
+                # the group; its error, if any, is the one already raised.
+                await asyncio.gather(in_flight, return_exceptions=True)
             with kafka.translated():
                 await consumer.stop()
+
+    def _epoch(self, consumer: aiokafka.AIOKafkaConsumer) -> Epoch:
+        # aiokafka commits with whatever generation is current, not the one
+        # the records were fetched in, and has no public accessor for it.
+        generation = int(consumer._coordinator.generation)  # noqa: SLF001
+        if self._assignment.lost or generation < 0:
+            return None
+        return (self._assignment.changes, generation)
 
     def _decode(self, batch: dict[Any, list[Any]]) -> list[codec.Inbound | codec.DeadLetter]:
         limit = self._config.max_record_bytes
@@ -109,22 +169,28 @@ class KafkaEventConsumer:
             for r in records
         ]
 
+    def _current(self, consumer: aiokafka.AIOKafkaConsumer, batch: _Batch, stage: str) -> bool:
+        if batch.epoch is not None and batch.epoch == self._epoch(consumer):
+            return True
+        # Whoever owns these partitions now reads them from the committed offset.
+        self.dropped += len(batch.items)
+        log.info(
+            "batch_dropped", reason="assignment changed", stage=stage, records=len(batch.items)
+        )
+        return False
+
     async def _apply(
-        self,
-        consumer: aiokafka.AIOKafkaConsumer,
-        batch: dict[Any, list[Any]],
-        items: list[codec.Inbound | codec.DeadLetter],
-        stop: asyncio.Event,
+        self, consumer: aiokafka.AIOKafkaConsumer, batch: _Batch, stop: asyncio.Event
     ) -> None:
         async with self._lock:
-            # A rebalance may have taken partitions since this batch was fetched:
-            # their new owner applies those records.
-            owned = consumer.assignment()
-            if any(tp not in owned for tp in batch):
-                batch = {tp: records for tp, records in batch.items() if tp in owned}
-                kept = {(tp.topic, tp.partition) for tp in batch}
-                items = [i for i in items if (i.record.topic, i.record.partition) in kept]
-            if items and await self._handle_until_done(items, stop):
+            if not self._current(consumer, batch, "before applying"):
+                return
+            if not await self._handle_until_done(batch.items, stop):
+                return
+            # A member that stalled through its session may have been replaced
+            # while this batch was applied; the next owner re-reads it and the
+            # inbox turns what we applied into no-ops.
+            if self._current(consumer, batch, "before committing"):
                 await self._commit(consumer, batch)
 
     async def _handle_until_done(
@@ -146,14 +212,27 @@ class KafkaEventConsumer:
                 return False  # stopping: leave the offsets uncommitted
             return True
 
-    async def _commit(
-        self, consumer: aiokafka.AIOKafkaConsumer, batch: dict[Any, list[Any]]
-    ) -> None:
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+    async def _commit(self, consumer: aiokafka.AIOKafkaConsumer, batch: _Batch) -> None:
+        if batch.epoch != self._committed_epoch:
+            self._committed, self._committed_epoch = {}, batch.epoch
+        offsets = {
+            tp: records[-1].offset + 1
+            for tp, records in batch.records.items()
+            # Never behind what this assignment already committed.
+            if records[-1].offset + 1 > self._committed.get(tp, -1)
+        }
+        if not offsets:
+            return
         try:
             with kafka.translated():
                 await consumer.commit(offsets)
         except kafka.BrokerError as exc:
             # Our partitions moved on: the next owner re-reads them and the
             # inbox turns what we already applied into no-ops.
+            if isinstance(exc.__cause__, CommitFailedError):
+                # Until the rejoin that follows, batches fetched meanwhile
+                # would commit on the old positions: drop them instead.
+                self._assignment.lost = True
             log.warning("commit_failed", error=str(exc))
+        else:
+            self._committed.update(offsets)

@@ -121,6 +121,16 @@ class PostgresOutbox:
         if not held:
             raise errors.StorageUnavailableError("the relay lock is no longer held")
 
+    async def park(self, ids: Sequence[int], error: str) -> None:
+        """
+        Move rows the broker refused for good to ``outbox_parked``, with its error.
+        """
+        conn = self._leading()
+        with errors.translated(conn):
+            held = await conn.fetchval(sql("outbox_park"), list(ids), error, _LEADER_KEY)
+        if not held:
+            raise errors.StorageUnavailableError("the relay lock is no longer held")
+
     def _leading(self) -> asyncpg.Connection:
         if self._leader is None:
             raise errors.StorageUnavailableError("this instance does not lead the relay")

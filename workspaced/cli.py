@@ -170,7 +170,7 @@ def _dispatch(args: argparse.Namespace, conf: settings.Settings) -> int:
         applied = asyncio.run(migrate.migrate(dsn, daemon.settings_rows(conf)))
         print(f"applied {applied}" if applied else "schema is up to date")  # noqa: T201
     elif args.command == "run":
-        asyncio.run(daemon.run(conf))
+        asyncio.run(daemon.run(conf, shutdown_grace_s=conf.shutdown_grace_seconds))
     elif args.command == "dashboard":
         asyncio.run(dashboard.run(dsn, args.host, args.port))
     elif args.command == "bridge":

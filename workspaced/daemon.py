@@ -10,6 +10,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import aiokafka
 
@@ -17,9 +18,8 @@ from consumers import codec, kafka
 from consumers.inbound import KafkaEventConsumer
 from consumers.relay import KafkaOutboxRelay
 from statemachine.model import Timeouts
-from storage import errors, migrate
+from storage import errors, migrate, retention
 from storage.outbox import PostgresOutbox
-from storage.queries import sql
 from storage.store import PostgresStateStore
 from telemetry import logs
 from workspaced.handler import BatchHandler, BatchReport, utcnow
@@ -27,6 +27,10 @@ from workspaced.settings import Settings
 from workspaced.timers import TimerScheduler
 
 log = logs.get(__name__)
+# How long work in flight may finish after a stop before it is cancelled.
+SHUTDOWN_GRACE_S = 10.0
+# How long cancelled work may take to unwind (roll back, leave the group).
+_CANCELLED_WAIT_S = 5.0
 
 
 class NotMigratedError(Exception):
@@ -44,6 +48,8 @@ def timeouts(settings: Settings) -> Timeouts:
         agent_connect_s=settings.agent_connect_timeout_seconds,
         agent_inactivity_s=settings.agent_inactivity_timeout_seconds,
         create_s=settings.create_timeout_seconds,
+        wait_for_startup_scripts=settings.wait_for_startup_scripts,
+        startup_script_s=settings.startup_script_timeout_seconds,
     )
 
 
@@ -87,9 +93,18 @@ async def _check_schema(store: PostgresStateStore) -> None:
         raise NotMigratedError(msg)
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+) -> None:
     """
     Run until ``stop`` is set (or SIGTERM/SIGINT); finish work in flight, then return.
+
+    Work still running ``shutdown_grace_s`` after the stop is cancelled and
+    awaited (its offsets stay uncommitted, so it is done again later); the
+    producer and the pool close only after every task ended.
     """
     stop = stop or asyncio.Event()
     # From the first moment: SIGTERM during start-up stops cleanly too.
@@ -109,11 +124,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             with kafka.translated():
                 await producer.start()
             if not stop.is_set():
-                await _serve(settings, store, producer, stop)
+                await _serve(settings, store, producer, stop, shutdown_grace_s)
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
-            await store.close()
+            await _close(store)
     finally:
         loop = asyncio.get_running_loop()
         for sig in signals:
@@ -135,6 +150,7 @@ async def _serve(
     store: PostgresStateStore,
     producer: aiokafka.AIOKafkaProducer,
     stop: asyncio.Event,
+    grace_s: float,
 ) -> None:
     handler = BatchHandler(
         store,
@@ -178,21 +194,13 @@ async def _serve(
         asyncio.create_task(consumer.run(stop), name="consumer"),
         asyncio.create_task(relay.run(stop), name="relay"),
         asyncio.create_task(scheduler.run(stop), name="timers"),
-        asyncio.create_task(_prune_inbox(store, settings, stop), name="inbox-pruner"),
+        asyncio.create_task(_prune(store, settings, stop), name="pruner"),
     }
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failed = [t for t in done if t.exception() is not None]
-        if failed:
-            stop.set()
-            raise failed[0].exception()  # type: ignore[misc]
-        await asyncio.gather(*tasks)
+        await _until_stopped_or_failed(tasks, stop)
     finally:
         stop.set()
-        for task in tasks:
-            if not task.done():
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(task), 10)
+        await _wind_down(tasks, grace_s)
         log.info(
             "daemon_stopped",
             batches=stats.batches,
@@ -201,17 +209,88 @@ async def _serve(
             dead_lettered=stats.totals.dead_lettered,
             transitions=stats.totals.transitions,
             published=relay.published,
+            parked=relay.parked,
+            dropped=consumer.dropped,
             timers_fired=scheduler.fired,
         )
+    failed = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+    if failed:
+        raise failed[0]  # type: ignore[misc]
 
 
-async def _prune_inbox(store: PostgresStateStore, settings: Settings, stop: asyncio.Event) -> None:
+async def _until_stopped_or_failed(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """
+    Return once ``stop`` is set, a task failed, or every task ended.
+
+    Waiting for the tasks alone would wait for work in flight with no bound:
+    the grace period starts at the stop.
+    """
+    stopped: asyncio.Task[Any] = asyncio.create_task(stop.wait(), name="stop-waiter")
+    try:
+        running: set[asyncio.Task[Any]] = set(tasks)
+        while running and not stop.is_set():
+            done, running = await asyncio.wait(
+                running | {stopped}, return_when=asyncio.FIRST_COMPLETED
+            )
+            running.discard(stopped)
+            if any(t is not stopped and not t.cancelled() and t.exception() for t in done):
+                return
+    finally:
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+
+
+async def _wind_down(tasks: set[asyncio.Task[None]], grace_s: float) -> None:
+    """
+    Give running tasks ``grace_s`` to finish, then cancel and await the rest.
+
+    Every task ends here, or is reported by name: none is left running under
+    a closing producer and pool, and none is destroyed while pending.
+    """
+    running = {t for t in tasks if not t.done()}
+    if running:
+        _, running = await asyncio.wait(running, timeout=grace_s)
+    for task in running:
+        log.warning("daemon_task_cancelled", task=task.get_name(), grace_s=grace_s)
+        task.cancel()
+    if running:
+        _, running = await asyncio.wait(running, timeout=_CANCELLED_WAIT_S)
+    for task in running:
+        log.error("daemon_task_abandoned", task=task.get_name())
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("daemon_task_failed", task=task.get_name(), error=str(task.exception()))
+
+
+async def _close(store: PostgresStateStore) -> None:
+    """
+    Close the pool; terminate it when a connection is never given back.
+    """
+    try:
+        await asyncio.wait_for(store.close(), _CANCELLED_WAIT_S)
+    except (TimeoutError, errors.StorageError) as exc:
+        log.warning("database_pool_terminated", error=str(exc) or type(exc).__name__)
+        store.pool.terminate()
+
+
+async def _prune(store: PostgresStateStore, settings: Settings, stop: asyncio.Event) -> None:
+    """
+    Prune what retention allows, in small batches, at start and then hourly.
+    """
     while not stop.is_set():
-        cutoff = utcnow() - timedelta(hours=settings.inbox_retention_hours)
+        now = utcnow()
         try:
-            with errors.translated():
-                await store.pool.execute(sql("inbox_prune"), cutoff)
+            pruned = await retention.prune(
+                store.pool,
+                inbox_before=now - timedelta(hours=settings.inbox_retention_hours),
+                calls_before=now - timedelta(hours=settings.tool_call_retention_hours),
+                history_before=now - timedelta(hours=settings.history_retention_hours),
+                facts_before=now - timedelta(hours=settings.facts_retention_hours),
+            )
         except errors.StorageError as exc:
-            log.warning("inbox_prune_failed", error=str(exc))
+            log.warning("prune_failed", error=str(exc))
+        else:
+            if any(pruned.values()):
+                log.info("pruned", **pruned)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 3600)

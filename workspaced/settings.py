@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     history_retention_hours: PositiveSeconds = 720.0
     facts_retention_hours: PositiveSeconds = 168.0
     database_pool_size: int = Field(8, ge=2, le=200)
+    # SIGTERM: work still running this long after the stop is cancelled (its
+    # offsets stay uncommitted, so it is done again by whoever reads next).
+    shutdown_grace_seconds: PositiveSeconds = 10.0
 
     # The Coder bridge (`workspaced bridge`). The token is a secret: never logged.
     coder_url: str | None = None

@@ -88,3 +88,4 @@ class TimerScheduler:
             await asyncio.wait(waits, timeout=sleep_s, return_when=asyncio.FIRST_COMPLETED)
             for task in waits:
                 task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)

@@ -11,10 +11,6 @@ RETURNING source, id;
 -- Transaction-scoped advisory locks, taken in the (sorted) order given.
 SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k;
 
--- name: inbox_prune
--- Superseded by prune_inbox (storage/retention.py), in batches.
-DELETE FROM inbox WHERE received_at < $1;
-
 -- name: agents_record
 INSERT INTO agents (agent_id, workspace_id, lifecycle_state, last_seen_at)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
@@ -242,3 +238,25 @@ DELETE FROM provisioner_jobs WHERE ctid = ANY(ARRAY(
     WHERE j.updated_at < $1
       AND NOT EXISTS (SELECT FROM chat_workspaces c WHERE c.workspace_id = j.workspace_id)
     LIMIT $2));
+
+-- name: outbox_park
+-- Move refused rows to outbox_parked with the broker's error, only while the
+-- session leads (as outbox_delete); answers whether it does.
+WITH l AS (
+    SELECT EXISTS (
+        SELECT FROM pg_locks
+        WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+          AND classid = ($3::bigint >> 32)::oid
+          AND objid = ($3::bigint & 4294967295)::oid AND objsubid = 1) AS held
+), parked AS (
+    DELETE FROM outbox WHERE id = ANY($1::bigint[]) AND (SELECT held FROM l)
+    RETURNING id, topic, key, ce_id, ce_type, ce_time, payload, headers, created_at
+), kept AS (
+    INSERT INTO outbox_parked
+        (id, topic, key, ce_id, ce_type, ce_time, payload, headers, created_at, error)
+    SELECT id, topic, key, ce_id, ce_type, ce_time, payload, headers, created_at, left($2, 2000)
+    FROM parked
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+)
+SELECT held FROM l;
