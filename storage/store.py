@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 
 from statemachine import effects
-from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Job, Waiter
+from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Job, Waiter
 from storage import errors
 from storage import rows as pg
 from storage.queries import sql
@@ -190,12 +190,15 @@ class StateTransaction:
         agent_ids: Iterable[str],
         workspace_ids: Iterable[str],
         tool_call_ids: Iterable[str],
-    ) -> tuple[dict[str, Job], dict[str, datetime], dict[str, Job], dict[str, AnsweredCall]]:
+    ) -> Facts:
         """
-        Return known jobs, agents' last heartbeats, latest builds and past tool calls.
+        Return known jobs, agents' last heartbeats and lifecycles, latest builds and past calls.
+
+        ``calls`` is a plain dict: the fold adds the calls it decides on as it goes.
         """
         jobs: dict[str, Job] = {}
         seen: dict[str, datetime] = {}
+        lifecycles: dict[str, str] = {}
         latest: dict[str, Job] = {}
         keys = [list(set(job_ids)), list(set(agent_ids)), list(set(workspace_ids))]
         if any(keys):
@@ -204,6 +207,8 @@ class StateTransaction:
             for r in rows:
                 if r["kind"] == "seen":
                     seen[r["job_id"]] = r["occurred_at"]
+                    if r["transition"] is not None:
+                        lifecycles[r["job_id"]] = r["transition"]
                 elif r["kind"] == "job":
                     jobs[r["job_id"]] = pg.job(r)
                 else:
@@ -212,7 +217,7 @@ class StateTransaction:
             r["tool_call_id"]: AnsweredCall(r["tool_call_id"], r["chat_id"], r["answer"])
             for r in await self._fetch("calls_known", tool_call_ids)
         }
-        return jobs, seen, latest, calls
+        return Facts(jobs, seen, latest, calls, lifecycles)
 
     async def _fetch(self, query: str, keys: Iterable[str]) -> list[asyncpg.Record]:
         unique = list(set(keys))

@@ -267,11 +267,13 @@ class Bus:
             ce_id=ce_id,
         )
 
-    async def heartbeat(self, agent_id: str, workspace_id: str) -> None:
+    async def heartbeat(
+        self, agent_id: str, workspace_id: str, lifecycle_state: str = "ready"
+    ) -> None:
         data = {
             "agent_id": agent_id,
             "workspace_id": workspace_id,
-            "lifecycle_state": "ready",
+            "lifecycle_state": lifecycle_state,
             "occurred_at": now_iso(),
         }
         await self.publish("agent_heartbeats", agent_id, "coder.agent.heartbeat.v1", data)

@@ -351,3 +351,28 @@ async def test_a_build_coder_refuses_is_answered_with_coders_response(stack: Sta
     assert ce_type == "coder.workspace.build_rejected.v1"
     assert data["status_code"] == 404
     assert data["message"]
+
+
+async def test_through_the_bridge_failed_startup_scripts_reach_the_tool_result(
+    stack: Stack,
+) -> None:
+    conf = stack.conf.model_copy(update={"wait_for_startup_scripts": True})
+    daemon = RunningDaemon(conf)
+    await daemon.start()
+    try:
+        stack.start_bridge()
+        ok, broken = new_id(), new_id()
+        call_ok = await stack.bus.tool_call(ok, name="scripts")
+        call_broken = await stack.bus.tool_call(broken, name="scripts-startfail")
+        (fine,) = await stack.bus.results_for(call_ok, timeout_s=30)
+        (failed,) = await stack.bus.results_for(call_broken, timeout_s=30)
+        owner = f"user-{OWNER_ID.replace('-', '')[:8]}"
+        assert fine["content"] == {"created": True, "workspace_name": f"{owner}/scripts"}
+        assert failed["content"] == {
+            "created": True,
+            "workspace_name": f"{owner}/scripts-startfail",
+            "startup_scripts": "startup_scripts_failed",
+            "lifecycle_state": "start_error",
+        }
+    finally:
+        await daemon.halt()

@@ -230,10 +230,9 @@ class BatchHandler:
             for change in by_workspace.get(workspace_id, ())
         ]
         for chat_id, agent_id in waiting.items():
-            seen = latest_beats[agent_id][2]
-            per_chat.append(
-                (chat_id, ev.AgentSeen(ids.derive("seen", agent_id, seen), agent_id, seen))
-            )
+            _, lifecycle, seen = latest_beats[agent_id]
+            event_id = ids.derive("seen", agent_id, seen, lifecycle)
+            per_chat.append((chat_id, ev.AgentSeen(event_id, agent_id, seen, lifecycle)))
         dead_records = [self._dead_letter_record(d) for d in dead]
         report = await self._fold(tx, per_chat, owners, dead_records, now)
         for d in dead:
@@ -333,13 +332,12 @@ class BatchHandler:
             e.tool_call_id for _, e in per_chat if isinstance(e, ev.ToolCall | ev.InvalidToolCall)
         ]
         bound = [r for r in rows if r.state != State.NONE]
-        found_jobs, seen, latest, known = await tx.load_facts(
+        return await tx.load_facts(
             [r.job_id for r in bound if r.job_id] + [e.job_id for e in created],
             [r.agent_id for r in bound if r.agent_id],
             [r.workspace_id for r in bound if r.workspace_id] + [e.workspace_id for e in created],
             calls,
         )
-        return Facts(found_jobs, seen, latest, dict(known))
 
     def _dead_letter_record(self, dead: codec.DeadLetter) -> OutboxRecord:
         """

@@ -52,7 +52,8 @@ WITH jobs AS (
     FROM provisioner_jobs WHERE workspace_id = ANY($3::uuid[])
     ORDER BY workspace_id, occurred_at DESC
 ), seen AS (
-    SELECT 'seen' AS kind, agent_id::text AS job_id, NULL::text, NULL::text, NULL::text,
+    -- the agent's lifecycle rides in the transition column
+    SELECT 'seen' AS kind, agent_id::text AS job_id, NULL::text, NULL::text, lifecycle_state,
            NULL::text, NULL::text, NULL::jsonb, last_seen_at
     FROM agents
     WHERE agent_id = ANY($2::uuid[] || ARRAY(
