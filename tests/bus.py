@@ -128,6 +128,53 @@ class Bus:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(left, 0.5))
 
+    async def caught_up(self) -> bool:
+        """
+        Tell whether this bus has read every output record the broker holds now.
+
+        The high watermarks come from the reader's own fetches: Tansu answers
+        ListOffsets (end_offsets) with stale figures.
+        """
+        assigned = list(self.reader.assignment())
+        marks = [self.reader.highwater(tp) for tp in assigned]
+        if any(mark is None for mark in marks):
+            return False
+        return all(
+            [
+                await self.reader.position(tp) >= mark
+                for tp, mark in zip(assigned, marks, strict=True)
+            ]
+        )
+
+    async def group_lag(self, group: str, roles: tuple[str, ...]) -> int:
+        """
+        Return how many records of ``roles``' topics ``group`` has not committed yet.
+        """
+        parts = [
+            TopicPartition(self.conf.topic(role), p)
+            for role in roles
+            for p in range(self.conf.topic_partitions)
+        ]
+        # Assigned, never subscribed: it reads the group's committed offsets and
+        # the partitions' high watermarks without joining the group.
+        probe = AIOKafkaConsumer(
+            **kafka.common(self.conf.kafka_config(), "test-lag"),
+            group_id=group,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+        )
+        await probe.start()
+        try:
+            probe.assign(parts)
+            committed = {tp: await probe.committed(tp) or 0 for tp in parts}
+            for tp, offset in committed.items():
+                probe.seek(tp, offset)
+            while any(probe.highwater(tp) is None for tp in parts):
+                await probe.getmany(timeout_ms=100, max_records=1)
+            return sum(probe.highwater(tp) - committed[tp] for tp in parts)
+        finally:
+            await probe.stop()
+
     async def wait_for_data(self, role: str, count: int, timeout_s: float = 20.0) -> list[Any]:
         return [r.data for r in await self.wait_for(role, count=count, timeout_s=timeout_s)]
 

@@ -161,3 +161,20 @@ async def test_cli_call_exits_non_zero_on_an_error_result_and_events_lists_the_c
     bad = await asyncio.to_thread(_cli, conf, "show", "not-a-uuid")
     assert bad.returncode == 2
     assert "is not a UUID" in bad.stderr
+
+
+async def test_events_without_follow_list_what_the_topic_holds_and_end(
+    conf: Settings, bus: Bus, running: RunningDaemon
+) -> None:
+    chats = [new_id() for _ in range(3)]
+    async with client.WorkspaceClient(conf.kafka_config()) as calls:
+        ids = [
+            await calls.send("create_workspace", c, OWNER_ID, {"template_id": TEMPLATE_ID})
+            for c in chats
+        ]
+        for chat in chats:
+            await bus.command_for(chat)
+        seen = [e async for e in calls.events(from_beginning=True, follow=False)]
+    assert {e.chat_id for e in seen} == set(chats)
+    assert all(e.to_state == "creating" for e in seen)
+    assert len(ids) == 3

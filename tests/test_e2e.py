@@ -5,6 +5,7 @@ End to end: the real ``workspaced`` command as processes, talked to only through
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from consumers import kafka
 from devtools.owners import owner_name
 from tests.bus import OWNER_ID, Bus, new_id, workspace_for
 from tests.conftest import Services, make_settings
@@ -92,6 +94,48 @@ async def procs(
         await bus.__aexit__(None, None, None)
 
 
+async def _until(check: Callable[[], Any], what: str, timeout_s: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"waited {timeout_s} s for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _assigned(p: Processes, proc: subprocess.Popen[bytes]) -> int:
+    """
+    Return how many partitions the instance's latest assignment gave it (from its log).
+    """
+    found = 0
+    for line in p.output(proc).splitlines():
+        if '"partitions_assigned"' in line:
+            found = json.loads(line)["partitions"]
+    return found
+
+
+async def _all_assigned(p: Processes, *instances: subprocess.Popen[bytes]) -> bool:
+    counts = [_assigned(p, i) for i in instances]
+    return all(counts) and sum(counts) == len(kafka.INPUT_ROLES) * p.conf.topic_partitions
+
+
+async def _settled(
+    p: Processes, bus: Bus, db: asyncpg.Connection, roles: tuple[str, ...] = kafka.INPUT_ROLES
+) -> None:
+    """
+    Wait until every input is committed, every output published and read: no late duplicate can come.
+    """
+
+    async def check() -> bool:
+        if await db.fetchval("SELECT count(*) FROM outbox"):
+            return False
+        if await bus.group_lag(p.conf.consumer_group, roles):
+            return False
+        return await bus.caught_up()
+
+    await _until(check, "inputs committed, outbox empty and outputs read")
+
+
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
     for _ in range(int(timeout_s * 10)):
         code = proc.poll()
@@ -141,8 +185,7 @@ async def test_two_instances_in_one_group_send_exactly_one_create_per_chat(
     procs: Callable[..., Any], db: asyncpg.Connection
 ) -> None:
     p, bus, _ = await procs()
-    p.start("run")
-    p.start("run")
+    first, second = p.start("run"), p.start("run")
     p.start(
         "simulate",
         "--job-step-s",
@@ -152,14 +195,17 @@ async def test_two_instances_in_one_group_send_exactly_one_create_per_chat(
         "--heartbeat-interval-s",
         "1",
     )
-    await asyncio.sleep(3)  # let both instances join the group
+    await _until(lambda: _all_assigned(p, first, second), "both instances to share the inputs")
     chats = [new_id() for _ in range(20)]
     calls = await asyncio.gather(
         *(bus.tool_call(c, name=f"w{i}") for i, c in enumerate(chats) for _ in range(5))
     )
     for call in calls:
         assert len(await bus.results_for(call, timeout_s=60)) == 1
-    await asyncio.sleep(1)
+    # The simulator's agents beat on: every input but heartbeats is committed.
+    await _settled(
+        p, bus, db, ("tool_calls", "workspace_command_results", "provisioner_job_updates")
+    )
     per_chat: dict[str, int] = {}
     for record in bus.received["workspace_commands"]:
         per_chat[record.data["chat_id"]] = per_chat.get(record.data["chat_id"], 0) + 1
@@ -190,13 +236,18 @@ async def test_a_daemon_killed_mid_build_loses_nothing_duplicates_nothing_and_it
     await bus.job(ws_a, "running")
     await bus.job(ws_a, "succeeded", agents=[agent])
     await bus.heartbeat(agent, ws_a["workspace_id"])
-    await asyncio.sleep(3.5)  # beta's agent deadline passes while no daemon runs
+    # Beta's agent deadline passes while no daemon runs.
+    passed = "SELECT deadline_at < now() FROM chat_workspaces WHERE chat_id = $1"
+    await _until(lambda: db.fetchval(passed, waiting), "beta's agent deadline to pass")
     p.start("run")
     (a,) = await bus.results_for(call_building, timeout_s=30)
     (b,) = await bus.results_for(call_waiting, timeout_s=30)
-    assert a["content"] == {"created": True, "workspace_name": "alice/alpha"}  # the bus answers as Coder
+    assert a["content"] == {
+        "created": True,
+        "workspace_name": "alice/alpha",
+    }  # the bus answers as Coder
     assert b["content"]["agent_status"] == "not_ready"
-    await asyncio.sleep(1.5)
+    await _settled(p, bus, db)
     ids = [r.headers["ce_id"] for r in bus.received["tool_results"]]
     assert len(set(ids)) == 2, "one result per call, though a record may repeat"
     assert len(bus.received["workspace_commands"]) == 2
@@ -230,7 +281,7 @@ async def test_events_delivered_twice_and_out_of_order_end_in_the_same_state(
         )
     (result,) = await bus.results_for(call, timeout_s=30)
     assert result["content"] == {"created": True, "workspace_name": "alice/dev"}
-    await asyncio.sleep(1.5)
+    await _settled(p, bus, db)
     assert (
         await db.fetchval("SELECT state FROM chat_workspaces WHERE chat_id = $1", chat) == "ready"
     )

@@ -251,9 +251,8 @@ class WorkspaceClient:
         """
         reader = await _reader_at(self._config, "workspace_events", from_beginning=from_beginning)
         try:
-            ends = await reader.end_offsets(list(reader.assignment())) if not follow else {}
             while True:
-                if not follow and all(await _reached(reader, ends)):
+                if not follow and await _read_all(reader):
                     return
                 with kafka.translated():
                     batch = await reader.getmany(timeout_ms=500)
@@ -310,8 +309,18 @@ async def _reader_at(
     return reader
 
 
-async def _reached(reader: AIOKafkaConsumer, ends: Mapping[TopicPartition, int]) -> list[bool]:
-    return [await reader.position(tp) >= end for tp, end in ends.items()]
+async def _read_all(reader: AIOKafkaConsumer) -> bool:
+    """
+    Tell whether the reader reached every partition's high watermark of its last fetch.
+
+    High watermarks from fetches, not ListOffsets: Tansu answers the latter
+    with stale figures.
+    """
+    for tp in reader.assignment():
+        mark = reader.highwater(tp)
+        if mark is None or await reader.position(tp) < mark:
+            return False
+    return True
 
 
 def _result(record: Any) -> ToolResult | None:
