@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: run test test-kafka lint format bench bench-quick docs clean kafka-jars system-deps
+.PHONY: run test test-kafka lint format bench bench-quick docs clean kafka-jars system-deps chaos chaos-quick chaos-kafka
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,18 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m statemachine.diagram > docs/state-diagram.md
 	$(BIN)/python docs/generate_schemas.py
+
+## Chaos and fuzz on real processes; writes the figures into docs/reliability.md (~5 min).
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+## The same on Apache Kafka (single KRaft node, jars from Maven Central).
+chaos-kafka: $(STAMP) $(KAFKA_STAMP)
+	WORKSPACED_KAFKA_LIBS=$(CURDIR)/$(KAFKA_LIBS) $(BIN)/python -m bench.chaos --broker apache $(CHAOS_ARGS)
+
+## The short chaos run of .ci/run (under 3 minutes on 2 cores; writes no document).
+chaos-quick: $(STAMP)
+	$(BIN)/python -m bench.chaos --quick $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
