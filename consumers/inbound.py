@@ -11,14 +11,22 @@ group, batches fetched before are dropped: a new assignment starts reading at
 the committed offsets again, so their records are read again by whoever owns
 them now, and committing them late could move an offset backwards past what
 another member committed meanwhile.
+
+With ``watermarks`` on, the consumer also says how far each of its partitions
+is applied (``PartitionMark``): handed to the handler with a batch, they are
+written in that batch's transaction, so they are true once it commits; when
+the partitions are idle and nothing is in flight, alone. The timer scheduler
+fires a deadline only once every partition is applied past it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
@@ -30,7 +38,43 @@ from telemetry import logs
 log = logs.get(__name__)
 
 
-Handle = Callable[[Sequence[codec.Inbound | codec.DeadLetter]], Awaitable[Any]]
+Item = codec.Inbound | codec.DeadLetter
+# How often, at most, marks are handed over: each time costs one statement.
+# Idle partitions are marked alone, off the hot path; a batch carries marks
+# only when no idle moment came for longer (the partitions stay busy), so a
+# lone event's transaction seldom pays for them.
+WATERMARK_INTERVAL_S = 0.25
+BATCH_WATERMARK_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMark:
+    """
+    Say how far one input partition is applied once the batch it travels with commits.
+    """
+
+    topic: str
+    partition: int
+    # Every record of the partition before this offset is applied.
+    applied_offset: int
+    # The Kafka timestamp of the latest record applied, when one was in this assignment.
+    record_time: datetime | None
+    # When a fetch showed no record beyond applied_offset (lag 0), if the last one did.
+    caught_up_at: datetime | None
+
+
+class Handle(Protocol):
+    """
+    Apply a batch in one transaction, with the partition marks given, if any.
+
+    Called with no items when only marks are to be written (idle partitions).
+    """
+
+    def __call__(  # noqa: D102 - the class says it
+        self, items: Sequence[Item], marks: Sequence[PartitionMark] = (), /
+    ) -> Awaitable[Any]: ...
+
+
 # Which assignment a batch was fetched under: a count of assignment changes
 # and the group generation. None: this member's place in the group is in doubt.
 Epoch = tuple[int, int] | None
@@ -66,6 +110,7 @@ class _Batch:
     records: dict[Any, list[Any]]
     items: list[codec.Inbound | codec.DeadLetter]
     epoch: Epoch
+    marks: dict[Any, PartitionMark] = field(default_factory=dict)
 
 
 class KafkaEventConsumer:
@@ -80,6 +125,7 @@ class KafkaEventConsumer:
         *,
         is_retryable: Callable[[Exception], bool],
         batch_max_records: int = 1000,
+        watermarks: bool = False,
     ) -> None:
         self._config = config
         self._batch_max_records = batch_max_records
@@ -92,6 +138,13 @@ class KafkaEventConsumer:
         self._committed_epoch: Epoch = None
         self.fetched = 0
         self.dropped = 0
+        self._watermarks = watermarks
+        # Per partition, in the assignment of _marks_epoch: the latest record
+        # timestamp fetched (ms), and the marks known written.
+        self._marks_epoch: Epoch = None
+        self._record_ms: dict[Any, int] = {}
+        self._written: dict[Any, PartitionMark] = {}
+        self._marks_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """
@@ -120,11 +173,19 @@ class KafkaEventConsumer:
                     records = await consumer.getmany(
                         timeout_ms=200, max_records=self._batch_max_records
                     )
-                if not records:
-                    continue
                 epoch = self._epoch(consumer)
+                self._note_times(records, epoch)
+                if not records:
+                    # Only with nothing in flight: every record fetched is applied.
+                    if in_flight is None and (
+                        marks := self._marks(consumer, epoch, WATERMARK_INTERVAL_S)
+                    ):
+                        idle = _Batch({}, [], epoch, marks)
+                        in_flight = asyncio.create_task(self._apply(consumer, idle, stop))
+                    continue
                 self.fetched += sum(len(r) for r in records.values())
-                batch = _Batch(records, self._decode(records), epoch)
+                marks = self._marks(consumer, epoch, BATCH_WATERMARK_INTERVAL_S)
+                batch = _Batch(records, self._decode(records), epoch, marks)
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.create_task(
@@ -150,6 +211,56 @@ class KafkaEventConsumer:
             return None
         return (self._assignment.changes, generation)
 
+    def _note_times(self, records: dict[Any, list[Any]], epoch: Epoch) -> None:
+        if not self._watermarks:
+            return
+        if epoch != self._marks_epoch:
+            # Records fetched under another assignment may have been dropped.
+            self._marks_epoch, self._record_ms, self._written = epoch, {}, {}
+        for tp, batch in records.items():
+            newest = max(r.timestamp for r in batch)
+            if newest >= 0:  # -1: a record without a timestamp
+                self._record_ms[tp] = max(newest, self._record_ms.get(tp, newest))
+
+    def _marks(
+        self, consumer: aiokafka.AIOKafkaConsumer, epoch: Epoch, interval_s: float
+    ) -> dict[Any, PartitionMark]:
+        """
+        Return the marks that changed since written, if none were handed over for ``interval_s``.
+
+        Read in the same step as the fetch that returned the batch, with no
+        await in between: every record before a partition's position is then
+        in this batch or in one before it, applied in order before it commits.
+        """
+        if not self._watermarks or epoch is None or time.monotonic() < self._marks_at + interval_s:
+            return {}
+        changed = {}
+        for tp in consumer.assignment():
+            mark = self._mark(consumer, tp)
+            if mark is not None and mark != self._written.get(tp):
+                changed[tp] = mark
+        if changed:
+            self._marks_at = time.monotonic()
+        return changed
+
+    def _mark(self, consumer: aiokafka.AIOKafkaConsumer, tp: Any) -> PartitionMark | None:
+        # aiokafka's position() is a coroutine that may wait for a reset; the
+        # fetch position itself is this state's, read without awaiting.
+        state = consumer._subscription.subscription.assignment.state_value(tp)  # noqa: SLF001
+        if state is None or not state.has_valid_position:
+            return None
+        position = int(state.position)
+        highwater, polled_ms = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+        caught_up = highwater is not None and polled_ms is not None and position >= highwater
+        record_ms = self._record_ms.get(tp)
+        return PartitionMark(
+            tp.topic,
+            tp.partition,
+            position,
+            None if record_ms is None else datetime.fromtimestamp(record_ms / 1000, UTC),
+            datetime.fromtimestamp(polled_ms / 1000, UTC) if caught_up else None,
+        )
+
     def _decode(self, batch: dict[Any, list[Any]]) -> list[codec.Inbound | codec.DeadLetter]:
         limit = self._config.max_record_bytes
         return [
@@ -174,6 +285,8 @@ class KafkaEventConsumer:
             return True
         # Whoever owns these partitions now reads them from the committed offset.
         self.dropped += len(batch.items)
+        if not batch.records:
+            return False  # marks of idle partitions: nothing to say
         log.info(
             "batch_dropped", reason="assignment changed", stage=stage, records=len(batch.items)
         )
@@ -185,7 +298,11 @@ class KafkaEventConsumer:
         async with self._lock:
             if not self._current(consumer, batch, "before applying"):
                 return
-            if not await self._handle_until_done(batch.items, stop):
+            if not await self._handle_until_done(batch.items, list(batch.marks.values()), stop):
+                return
+            if batch.epoch == self._marks_epoch:
+                self._written.update(batch.marks)
+            if not batch.records:
                 return
             # A member that stalled through its session may have been replaced
             # while this batch was applied; the next owner re-reads it and the
@@ -194,12 +311,15 @@ class KafkaEventConsumer:
                 await self._commit(consumer, batch)
 
     async def _handle_until_done(
-        self, items: list[codec.Inbound | codec.DeadLetter], stop: asyncio.Event
+        self,
+        items: list[codec.Inbound | codec.DeadLetter],
+        marks: list[PartitionMark],
+        stop: asyncio.Event,
     ) -> bool:
         delay_s = 0.2
         while True:
             try:
-                await self._handle(items)
+                await (self._handle(items, marks) if marks else self._handle(items))
             except Exception as exc:
                 if not self._is_retryable(exc):
                     raise

@@ -15,7 +15,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -27,6 +27,30 @@ from storage import rows as pg
 from storage.queries import sql
 
 OUTBOX_CHANNEL = "workspaced_outbox"
+# (topic, partition, applied_offset, record_time, caught_up_at) of an input partition.
+WatermarkRow = tuple[str, int, int, datetime | None, datetime | None]
+
+
+class DueTimer(NamedTuple):
+    """
+    Carry a claimed timer; ``unwatermarked`` when a partition ignored as stale was behind it.
+    """
+
+    chat_id: str
+    version: int
+    deadline_at: datetime
+    unwatermarked: bool
+
+
+class StaleWatermark(NamedTuple):
+    """
+    Describe an input partition whose watermark has not moved since ``updated_at``.
+    """
+
+    topic: str
+    partition: int
+    mark: datetime | None
+    updated_at: datetime
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -293,13 +317,43 @@ class StateTransaction:
                 await self._conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
         self.outbox_written += len(records)
 
-    async def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, int]]:
+    async def claim_due_timers(
+        self,
+        now: datetime,
+        limit: int,
+        input_topics: Sequence[str] | None = None,
+        stale_before: datetime | None = None,
+    ) -> list[DueTimer]:
         """
         Lock up to ``limit`` chats whose deadline has passed, skipping those locked elsewhere.
+
+        With ``input_topics``, only deadlines every partition of those topics
+        has applied past (its watermark); a partition whose watermark has not
+        moved since ``stale_before`` is not waited for.
+        """
+        topics = None if input_topics is None else list(input_topics)
+        with errors.translated(self._conn):
+            rows = await self._conn.fetch(sql("timers_claim"), now, limit, topics, stale_before)
+        return [DueTimer(*r) for r in rows]
+
+    async def record_watermarks(self, marks: Sequence[WatermarkRow], now: datetime) -> None:
+        """
+        Move input partitions' watermarks forward (never back); ``now`` dates those that moved.
+        """
+        if not marks:
+            return
+        with errors.translated(self._conn):
+            await self._conn.execute(sql("watermarks_record"), *pg.columns(marks, 5), now)
+
+    async def stale_watermarks(
+        self, input_topics: Sequence[str], stale_before: datetime
+    ) -> list[StaleWatermark]:
+        """
+        Return the input partitions whose watermark has not moved since ``stale_before``.
         """
         with errors.translated(self._conn):
-            rows = await self._conn.fetch(sql("timers_claim"), now, limit)
-        return [(r["chat_id"], r["version"]) for r in rows]
+            rows = await self._conn.fetch(sql("watermarks_stale"), list(input_topics), stale_before)
+        return [StaleWatermark(*r) for r in rows]
 
 
 def workspace_lock_key(workspace_id: str) -> int:

@@ -15,14 +15,14 @@ from typing import Any
 import aiokafka
 
 from consumers import codec, kafka
-from consumers.inbound import KafkaEventConsumer
+from consumers.inbound import KafkaEventConsumer, PartitionMark
 from consumers.relay import KafkaOutboxRelay
 from statemachine.model import Timeouts
 from storage import errors, migrate, retention
 from storage.outbox import PostgresOutbox
 from storage.store import PostgresStateStore
 from telemetry import logs
-from workspaced.handler import BatchHandler, BatchReport, utcnow
+from workspaced.handler import BatchHandler, BatchReport, TimerGate, utcnow
 from workspaced.settings import Settings
 from workspaced.timers import TimerScheduler
 
@@ -158,6 +158,11 @@ async def _serve(
         source=settings.source,
         dead_letter_topic=settings.topic("dead_letters"),
         max_record_bytes=settings.max_record_bytes,
+        timer_gate=TimerGate(
+            tuple(settings.topic(role) for role in kafka.INPUT_ROLES),
+            settings.timer_watermark_max_lag_seconds,
+            utcnow(),
+        ),
     )
     scheduler = TimerScheduler(store.pool, handler, settings.timer_sweep_seconds)
     relay = KafkaOutboxRelay(
@@ -168,11 +173,16 @@ async def _serve(
     )
     stats = Stats()
 
-    async def handle(items: Sequence[codec.Inbound | codec.DeadLetter]) -> BatchReport:
-        report = await handler.handle(items)
-        stats.batches += 1
+    async def handle(
+        items: Sequence[codec.Inbound | codec.DeadLetter], marks: Sequence[PartitionMark] = ()
+    ) -> BatchReport:
+        report = await handler.handle(items, marks)
+        if items:
+            stats.batches += 1
         stats.totals.add(report)
         scheduler.nudge(report.earliest_deadline)
+        if report.marks_written:
+            scheduler.watermarks_moved()
         if report.outbox_written:
             relay.wake.set()
         return report
@@ -182,6 +192,7 @@ async def _serve(
         handle,
         is_retryable=_retryable,
         batch_max_records=settings.batch_max_records,
+        watermarks=True,
     )
     log.info(
         "daemon_started",

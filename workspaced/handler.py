@@ -13,9 +13,10 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from consumers import codec
+from consumers.inbound import PartitionMark
 from statemachine import decide, effects, ids, jobs
 from statemachine import events as ev
 from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Timeouts
@@ -58,6 +59,7 @@ class BatchReport:
     transitions: int = 0
     outbox_written: int = 0
     earliest_deadline: datetime | None = None
+    marks_written: int = 0
 
     def add(self, other: BatchReport) -> None:
         """
@@ -68,10 +70,34 @@ class BatchReport:
         self.dead_lettered += other.dead_lettered
         self.transitions += other.transitions
         self.outbox_written += other.outbox_written
+        self.marks_written += other.marks_written
         if other.earliest_deadline is not None and (
             self.earliest_deadline is None or other.earliest_deadline < self.earliest_deadline
         ):
             self.earliest_deadline = other.earliest_deadline
+
+
+@dataclass(frozen=True, slots=True)
+class TimerGate:
+    """
+    Hold due timers back until every input partition is applied past their deadline.
+
+    A partition whose watermark has not moved for ``max_lag_s`` (counted from
+    ``watching_since`` at the earliest, so an instance that just started waits
+    for the group to take over) no longer holds timers back: its owner is gone
+    or stuck, and a timer fired past it is logged ``timer_fired_without_watermark``.
+    """
+
+    input_topics: tuple[str, ...]
+    max_lag_s: float
+    watching_since: datetime
+
+    def stale_before(self, now: datetime) -> datetime | None:
+        """
+        Return the time before which a partition that has not moved is ignored, if any.
+        """
+        cutoff = now - timedelta(seconds=self.max_lag_s)
+        return cutoff if self.watching_since < cutoff else None
 
 
 class BatchHandler:
@@ -89,6 +115,7 @@ class BatchHandler:
         max_record_bytes: int = 1_048_576,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        timer_gate: TimerGate | None = None,
     ) -> None:
         self._store = store
         self._timeouts = timeouts
@@ -97,10 +124,17 @@ class BatchHandler:
         self._max_record_bytes = max_record_bytes
         self._clock = clock
         self._rng = rng or random.Random()
+        self._timer_gate = timer_gate
 
-    async def handle(self, items: Sequence[Item]) -> BatchReport:
+    async def handle(
+        self, items: Sequence[Item], marks: Sequence[PartitionMark] = ()
+    ) -> BatchReport:
         """
         Apply ``items`` atomically; isolate and dead-letter an item that cannot be applied.
+
+        ``marks`` (how far the consumer has applied its partitions once these
+        items are) are written in the same transaction, or alone, after every
+        item, when the batch had to be split; with no items, alone.
 
         Storage outages propagate as ``StorageUnavailableError`` (the caller
         retries without committing offsets): an error with an unavailable
@@ -110,19 +144,30 @@ class BatchHandler:
         applied item by item, an item that fails is tried once more in a new
         transaction, and one that fails again is dead-lettered.
         """
+        if not items:
+            return await self._write_marks(marks)
         try:
-            return await self._with_retries(items)
+            return await self._with_retries(items, marks)
         except (errors.StorageUnavailableError, errors.ConflictError):
             raise  # not the records' fault: the consumer retries the batch later
         except Exception as exc:  # noqa: BLE001 - one poison record must not stop the stream
             await self._unless_unavailable(exc)
             if len(items) == 1:
-                return await self._retry_alone(items[0])
-            log.warning("batch_failed_splitting", size=len(items), error=_text(exc))
-            report = BatchReport()
-            for item in items:
-                report.add(await self.handle([item]))
+                report = await self._retry_alone(items[0])
+            else:
+                log.warning("batch_failed_splitting", size=len(items), error=_text(exc))
+                report = BatchReport()
+                for item in items:
+                    report.add(await self.handle([item]))
+            report.add(await self._write_marks(marks))
             return report
+
+    async def _write_marks(self, marks: Sequence[PartitionMark]) -> BatchReport:
+        if not marks:
+            return BatchReport()
+        async with self._store.transaction() as tx:
+            await tx.record_watermarks(_mark_rows(marks), self._clock())
+        return BatchReport(marks_written=len(marks))
 
     async def _retry_alone(self, item: Item) -> BatchReport:
         # The first try may have failed for its connection's sake in a way its
@@ -143,11 +188,19 @@ class BatchHandler:
         if _unavailable(exc) or not await self._store.healthy():
             raise errors.StorageUnavailableError(_text(exc)) from exc
 
-    async def _with_retries(self, items: Sequence[Item]) -> BatchReport:
+    async def _with_retries(
+        self, items: Sequence[Item], marks: Sequence[PartitionMark] = ()
+    ) -> BatchReport:
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 async with self._store.transaction() as tx:
-                    return await self._apply(tx, items, self._clock())
+                    now = self._clock()
+                    report = await self._apply(tx, items, now)
+                    if marks:
+                        # Last, in a fixed order: see storage's watermarks_record.
+                        await tx.record_watermarks(_mark_rows(marks), now)
+                        report.marks_written = len(marks)
+                    return report
             except errors.ConflictError:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
@@ -188,15 +241,36 @@ class BatchHandler:
     async def fire_timers(self, limit: int = 500) -> tuple[int, datetime | None]:
         """
         Fire every due timer (claimed with SKIP LOCKED); return how many and the next deadline set.
+
+        With a ``TimerGate``, a timer is due once its deadline has passed and
+        every input partition's watermark has reached it (``TimerGate``).
         """
+        gate = self._timer_gate
         async with self._store.transaction() as tx:
             now = self._clock()
-            due = await tx.claim_due_timers(now, limit)
+            stale_before = None if gate is None else gate.stale_before(now)
+            due = await tx.claim_due_timers(
+                now, limit, None if gate is None else gate.input_topics, stale_before
+            )
             fired: list[tuple[str, ev.Event]] = [
-                (chat_id, ev.TimerFired(ids.derive("timer", chat_id, version), chat_id, version))
-                for chat_id, version in due
+                (
+                    t.chat_id,
+                    ev.TimerFired(ids.derive("timer", t.chat_id, t.version), t.chat_id, t.version),
+                )
+                for t in due
             ]
             report = await self._fold(tx, fired, {}, [], now)
+            unwatermarked = [t for t in due if t.unwatermarked]
+            if gate is not None and stale_before is not None and unwatermarked:
+                stale = await tx.stale_watermarks(gate.input_topics, stale_before)
+                for t in unwatermarked:
+                    log.warning(
+                        "timer_fired_without_watermark",
+                        chat_id=t.chat_id,
+                        deadline_at=t.deadline_at.isoformat(),
+                        partitions=[f"{w.topic}:{w.partition}" for w in stale],
+                        max_lag_s=gate.max_lag_s,
+                    )
             return len(due), report.earliest_deadline
 
     async def _apply(
@@ -430,6 +504,14 @@ def _workspaces_of(inbound: Sequence[codec.Inbound]) -> set[str]:
         elif isinstance(event, codec.JobReported):
             found.add(event.job.workspace_id)
     return found
+
+
+def _mark_rows(
+    marks: Sequence[PartitionMark],
+) -> list[tuple[str, int, int, datetime | None, datetime | None]]:
+    return sorted(
+        (m.topic, m.partition, m.applied_offset, m.record_time, m.caught_up_at) for m in marks
+    )
 
 
 def _log_dead_letter(dead: codec.DeadLetter, *, error: bool = False) -> None:

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     agent_inactivity_timeout_seconds: PositiveSeconds = 30.0
     create_timeout_seconds: PositiveSeconds = 120.0
     timer_sweep_seconds: PositiveSeconds = 30.0
+    # A timer fires only once every input partition is applied past its
+    # deadline (input_watermarks). A partition whose watermark has not moved
+    # for this long (its owner is gone or stuck; counted from the daemon's
+    # start at the earliest) is no longer waited for, and timers fired past it
+    # are logged `timer_fired_without_watermark`. Keep it above the time the
+    # group takes to hand a dead member's partitions over (about twice
+    # kafka_session_timeout_ms, plus the catch-up).
+    timer_watermark_max_lag_seconds: PositiveSeconds = 60.0
     outbox_sweep_seconds: PositiveSeconds = 5.0
 
     # Input handling.

@@ -6,7 +6,15 @@ instance sleeps until the earliest deadline, is woken early when this
 instance writes a nearer one, and re-reads the earliest deadline every
 ``timer_sweep_seconds`` to pick up deadlines other instances wrote. Due
 rows are claimed with ``FOR UPDATE SKIP LOCKED`` and go through the same
-handler as any event; deadlines that passed while no daemon ran fire at start.
+handler as any event.
+
+A deadline is due only once the inputs have caught up with it: every input
+partition's watermark (``input_watermarks``) has reached it (see
+``handler.TimerGate``). Deadlines that passed while no daemon ran therefore
+fire after a restart only once the backlog that was waiting in Kafka before
+them is applied. While the earliest deadline has passed but is held back,
+the scheduler looks again when this instance's consumer moves a watermark,
+and every ``_HELD_POLL_S`` for other instances' partitions.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from telemetry import logs
 from workspaced.handler import BatchHandler, utcnow
 
 log = logs.get(__name__)
-_MIN_SLEEP_S = 0.05
+# How often a passed deadline that did not fire is looked at again: held back
+# by a watermark of another instance's partition, or claimed by another instance.
+_HELD_POLL_S = 0.5
 
 
 class TimerScheduler:
@@ -43,6 +53,7 @@ class TimerScheduler:
         self._clock = clock
         self._target: datetime | None = None
         self._wake = asyncio.Event()
+        self._held = False
         self.fired = 0
 
     def nudge(self, deadline: datetime | None) -> None:
@@ -51,6 +62,13 @@ class TimerScheduler:
         """
         if deadline is not None and (self._target is None or deadline < self._target):
             self._target = deadline
+            self._wake.set()
+
+    def watermarks_moved(self) -> None:
+        """
+        Wake the scheduler if a passed deadline waits for the inputs' watermarks.
+        """
+        if self._held:
             self._wake.set()
 
     async def _fire_due(self) -> None:
@@ -81,9 +99,13 @@ class TimerScheduler:
                 continue
             now = self._clock()
             sleep_s = self._sweep_s
-            if self._target is not None:
-                # A due row another instance holds: look again shortly, do not spin.
-                sleep_s = max(_MIN_SLEEP_S, min(sleep_s, (self._target - now).total_seconds()))
+            self._held = self._target is not None and self._target <= now
+            if self._held:
+                # Held back by a watermark, or claimed by another instance: look
+                # again shortly (or when our consumer moves a watermark), do not spin.
+                sleep_s = min(sleep_s, _HELD_POLL_S)
+            elif self._target is not None:
+                sleep_s = min(sleep_s, (self._target - now).total_seconds())
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             await asyncio.wait(waits, timeout=sleep_s, return_when=asyncio.FIRST_COMPLETED)
             for task in waits:

@@ -189,10 +189,49 @@ SELECT held FROM l;
 SELECT min(deadline_at) FROM chat_workspaces WHERE deadline_at IS NOT NULL;
 
 -- name: timers_claim
-SELECT chat_id::text, version FROM chat_workspaces
-WHERE deadline_at IS NOT NULL AND deadline_at <= $1
+-- Due timers: past $1, and under the watermark of every partition of the
+-- input topics $3 (none when $3 is null): the latest record time or
+-- caught-up time it reached. A partition that has not moved since $4 (when
+-- given) is not waited for; `unwatermarked` says it was behind the deadline.
+WITH marks AS (
+    SELECT coalesce(greatest(record_time, caught_up_at), '-infinity') AS mark,
+           $4::timestamptz IS NOT NULL AND updated_at < $4 AS stale
+    FROM input_watermarks WHERE topic = ANY($3::text[])
+), low AS (
+    SELECT coalesce(min(mark) FILTER (WHERE NOT stale), 'infinity') AS live,
+           coalesce(min(mark), 'infinity') AS every
+    FROM marks
+)
+SELECT chat_id::text, version, deadline_at, deadline_at > (SELECT every FROM low) AS unwatermarked
+FROM chat_workspaces
+WHERE deadline_at IS NOT NULL AND deadline_at <= least($1, (SELECT live FROM low))
 ORDER BY deadline_at LIMIT $2
 FOR UPDATE SKIP LOCKED;
+
+-- name: watermarks_record
+-- Move input partitions' watermarks forward, never back; $6 dates the rows
+-- that moved (a row that did not is left alone: no dead tuple). Written last
+-- in a batch's transaction and sorted by the caller, so instances whose
+-- assignments overlap during a rebalance take these rows in one order.
+INSERT INTO input_watermarks AS w
+    (topic, partition, applied_offset, record_time, caught_up_at, updated_at)
+SELECT t, p, o, r, c, $6
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::timestamptz[], $5::timestamptz[])
+    AS x(t, p, o, r, c)
+ON CONFLICT (topic, partition) DO UPDATE SET
+    applied_offset = greatest(w.applied_offset, excluded.applied_offset),
+    record_time = greatest(w.record_time, excluded.record_time),
+    caught_up_at = greatest(w.caught_up_at, excluded.caught_up_at),
+    updated_at = excluded.updated_at
+WHERE excluded.applied_offset > w.applied_offset
+   OR excluded.record_time > coalesce(w.record_time, '-infinity')
+   OR excluded.caught_up_at > coalesce(w.caught_up_at, '-infinity');
+
+-- name: watermarks_stale
+SELECT topic, partition, greatest(record_time, caught_up_at) AS mark, updated_at
+FROM input_watermarks
+WHERE topic = ANY($1::text[]) AND updated_at < $2
+ORDER BY topic, partition;
 
 -- name: status_counts
 SELECT state, chats FROM workspace_state_counts ORDER BY state;
