@@ -33,7 +33,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError
 
 from consumers import codec, kafka
-from telemetry import logs
+from telemetry import logs, metrics
 
 log = logs.get(__name__)
 
@@ -91,6 +91,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         # Set when a commit says the group moved on without us; the next
         # assignment clears it.
         self.lost = False
+        self.held = 0  # partitions held now, for readiness
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Wait for the batch in flight: it commits its offsets before we let go.
@@ -102,6 +103,9 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.changes += 1
         self.lost = False
+        self.held = len(assigned)
+        metrics.PARTITIONS_ASSIGNED.set(len(assigned))
+        metrics.CONSUMER_LAG.clear()  # partitions gone must not report a stale lag
         log.info("partitions_assigned", partitions=len(assigned))
 
 
@@ -145,6 +149,7 @@ class KafkaEventConsumer:
         self._record_ms: dict[Any, int] = {}
         self._written: dict[Any, PartitionMark] = {}
         self._marks_at = float("-inf")
+        self._lag_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """
@@ -175,6 +180,7 @@ class KafkaEventConsumer:
                     )
                 epoch = self._epoch(consumer)
                 self._note_times(records, epoch)
+                self._report_lag(consumer)
                 if not records:
                     # Only with nothing in flight: every record fetched is applied.
                     if in_flight is None and (
@@ -202,6 +208,27 @@ class KafkaEventConsumer:
                 await asyncio.gather(in_flight, return_exceptions=True)
             with kafka.translated():
                 await consumer.stop()
+
+    @property
+    def partitions_held(self) -> int:
+        """
+        Return how many input partitions this instance holds now.
+        """
+        return self._assignment.held
+
+    def _report_lag(self, consumer: aiokafka.AIOKafkaConsumer) -> None:
+        # At most once a second: a gauge per partition, from the last fetch.
+        now = time.monotonic()
+        if now < self._lag_at + 1.0:
+            return
+        self._lag_at = now
+        for tp in consumer.assignment():
+            state = consumer._subscription.subscription.assignment.state_value(tp)  # noqa: SLF001
+            highwater = consumer.highwater(tp)
+            if state is None or not state.has_valid_position or highwater is None:
+                continue
+            lag = max(0, highwater - int(state.position))
+            metrics.CONSUMER_LAG.labels(self._roles[tp.topic], str(tp.partition)).set(lag)
 
     def _epoch(self, consumer: aiokafka.AIOKafkaConsumer) -> Epoch:
         # aiokafka commits with whatever generation is current, not the one
@@ -263,6 +290,15 @@ class KafkaEventConsumer:
 
     def _decode(self, batch: dict[Any, list[Any]]) -> list[codec.Inbound | codec.DeadLetter]:
         limit = self._config.max_record_bytes
+        items = self._decode_all(batch, limit)
+        for item in items:
+            kind = type(item.event).__name__ if isinstance(item, codec.Inbound) else "invalid"
+            metrics.EVENTS_CONSUMED.labels(item.record.role, kind).inc()
+        return items
+
+    def _decode_all(
+        self, batch: dict[Any, list[Any]], limit: int
+    ) -> list[codec.Inbound | codec.DeadLetter]:
         return [
             codec.decode(
                 codec.RawRecord(
@@ -353,6 +389,7 @@ class KafkaEventConsumer:
                 # Until the rejoin that follows, batches fetched meanwhile
                 # would commit on the old positions: drop them instead.
                 self._assignment.lost = True
+            metrics.KAFKA_ERRORS.labels("commit").inc()
             log.warning("commit_failed", error=str(exc))
         else:
             self._committed.update(offsets)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from consumers import codec, kafka
-from telemetry import logs
+from telemetry import logs, metrics
 
 log = logs.get(__name__)
 
@@ -164,6 +165,7 @@ class KafkaOutboxRelay:
         self._alone: set[int] = set()
         self.wake = asyncio.Event()
         self.published = 0
+        self.leading = False
         self.parked = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -179,7 +181,13 @@ class KafkaOutboxRelay:
                     if stop.is_set():
                         return
                     log.info("relay_leading")
-                    await self._lead(lease, stop)
+                    self.leading = True
+                    metrics.RELAY_LEADER.set(1)
+                    try:
+                        await self._lead(lease, stop)
+                    finally:
+                        self.leading = False
+                        metrics.RELAY_LEADER.set(0)
             except Exception as exc:  # noqa: BLE001 - storage trouble: lead again after a pause
                 log.warning("relay_interrupted", error=str(exc))
                 await _sleep_or_stop(stop, 1.0)
@@ -194,6 +202,7 @@ class KafkaOutboxRelay:
                 # Jittered, so instances that lost the broker together do not
                 # come back in step.
                 delay_s = random.uniform(backoff_s / 2, backoff_s)
+                metrics.KAFKA_ERRORS.labels("publish").inc()
                 log.warning("relay_publish_failed", error=str(exc), retry_in_s=round(delay_s, 3))
                 await _sleep_or_stop(stop, delay_s)
                 backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
@@ -215,11 +224,14 @@ class KafkaOutboxRelay:
             return 0
         self._alone.intersection_update(row.id for row in rows)
         done = _Round()
+        began = time.perf_counter()
         plan = await self._plan(rows, done)
         await asyncio.gather(*(self._send(where, batches, done) for where, batches in plan.items()))
+        metrics.RELAY_PUBLISH_DURATION.observe(time.perf_counter() - began)
         if done.acked:
             await self._source.delete(done.acked)
             self.published += len(done.acked)
+            metrics.RELAY_PUBLISHED.inc(len(done.acked))
         if done.refused:
             await self._park(rows, done.refused)
         self._alone.difference_update(done.acked, done.refused)
@@ -244,6 +256,7 @@ class KafkaOutboxRelay:
         for error, ids in by_error.items():
             await self._source.park(ids, error)
             self.parked += len(ids)
+            metrics.PARKED.inc(len(ids))
 
     async def _plan(
         self, rows: Sequence[Claimed], done: _Round

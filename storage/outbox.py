@@ -166,3 +166,12 @@ def _record(row: Any) -> OutboxRecord:
         row["payload"],
         decode_headers(row["headers"]),
     )
+
+
+async def leader_known(pool: asyncpg.Pool) -> bool:
+    """
+    Tell whether some instance leads the relay now (holds its advisory lock).
+    """
+    with errors.translated():
+        held: bool = await pool.fetchval(sql("relay_leader_known"), _LEADER_KEY)
+    return held

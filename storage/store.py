@@ -86,6 +86,8 @@ class StateTransaction:
         self._topic_name = topic_name
         self.outbox_written = 0
         self.earliest_deadline: datetime | None = None
+        # Seconds from arrival to answer of each call this transaction answered.
+        self.call_seconds: list[float] = []
 
     async def lock_workspaces(self, workspace_ids: Iterable[str]) -> None:
         """
@@ -291,7 +293,7 @@ class StateTransaction:
                 case effects.Publish():
                     outbox.append(pg.publish_record(effect, self._topic_name))
         with errors.translated(self._conn):
-            await self._conn.execute(
+            saved = await self._conn.fetchrow(
                 sql("batch_save"),
                 *pg.columns(changed, 19),
                 *pg.columns(history, 8),
@@ -300,6 +302,7 @@ class StateTransaction:
                 *pg.outbox_columns(outbox),
             )
         self.outbox_written += len(outbox)
+        self.call_seconds += list(saved["waited"])
         for row in changed:
             deadline = row[17]
             if deadline is not None and (

@@ -106,6 +106,9 @@ def make_settings(services: Services, database_url: str, **overrides: Any) -> se
         "outbox_sweep_seconds": 1.0,
         "timer_sweep_seconds": 5.0,
         "log_level": "warning",
+        # Off unless a test asks: instances must not compete for one port.
+        "metrics_address": "",
+        "bridge_metrics_address": "",
     } | overrides
     return settings.explicit(**values)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,11 +19,13 @@ from consumers import codec, kafka
 from consumers.inbound import KafkaEventConsumer, PartitionMark
 from consumers.relay import KafkaOutboxRelay
 from statemachine.model import Timeouts
-from storage import errors, migrate, retention
+from storage import errors, migrate, outbox, retention
 from storage.outbox import PostgresOutbox
+from storage.queries import sql
 from storage.store import PostgresStateStore
-from telemetry import logs
-from workspaced.handler import BatchHandler, BatchReport, TimerGate, utcnow
+from telemetry import logs, metrics
+from telemetry.http import TelemetryServer
+from workspaced.handler import BatchHandler, BatchReport, TimerGate, observe, utcnow
 from workspaced.settings import Settings
 from workspaced.timers import TimerScheduler
 
@@ -66,7 +69,14 @@ def settings_rows(settings: Settings) -> dict[str, float]:
 
 
 def _retryable(exc: Exception) -> bool:
-    return isinstance(exc, errors.StorageUnavailableError | errors.ConflictError)
+    if isinstance(exc, errors.StorageUnavailableError):
+        metrics.STORAGE_ERRORS.labels("unavailable").inc()
+        return True
+    if isinstance(exc, errors.ConflictError):
+        metrics.STORAGE_ERRORS.labels("conflict").inc()
+        return True
+    metrics.STORAGE_ERRORS.labels("other").inc()
+    return False
 
 
 @dataclass(slots=True)
@@ -176,9 +186,13 @@ async def _serve(
     async def handle(
         items: Sequence[codec.Inbound | codec.DeadLetter], marks: Sequence[PartitionMark] = ()
     ) -> BatchReport:
+        began = time.perf_counter()
         report = await handler.handle(items, marks)
         if items:
+            metrics.BATCH_DURATION.observe(time.perf_counter() - began)
+            metrics.BATCH_RECORDS.observe(len(items))
             stats.batches += 1
+        observe(report)
         stats.totals.add(report)
         scheduler.nudge(report.earliest_deadline)
         if report.marks_written:
@@ -207,11 +221,14 @@ async def _serve(
         asyncio.create_task(scheduler.run(stop), name="timers"),
         asyncio.create_task(_prune(store, settings, stop), name="pruner"),
     }
+    server = await _telemetry(settings, store, consumer)
     try:
         await _until_stopped_or_failed(tasks, stop)
     finally:
         stop.set()
         await _wind_down(tasks, grace_s)
+        if server is not None:
+            await server.stop()
         log.info(
             "daemon_stopped",
             batches=stats.batches,
@@ -227,6 +244,50 @@ async def _serve(
     failed = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
     if failed:
         raise failed[0]  # type: ignore[misc]
+
+
+async def _telemetry(
+    settings: Settings, store: PostgresStateStore, consumer: KafkaEventConsumer
+) -> TelemetryServer | None:
+    """
+    Serve /metrics, /healthz and /readyz on ``metrics_address`` (none when it is empty).
+    """
+    if not settings.metrics_address:
+        return None
+
+    async def postgres() -> tuple[bool, str]:
+        ok = await store.healthy()
+        return ok, "answers" if ok else "does not answer"
+
+    async def partitions() -> tuple[bool, str]:
+        held = consumer.partitions_held
+        if held:
+            return True, f"holds {held} input partitions"
+        return False, "holds no input partition (joining, or more instances than partitions)"
+
+    async def relay_leader() -> tuple[bool, str]:
+        known = await outbox.leader_known(store.pool)
+        return known, "an instance leads the relay" if known else "no instance leads the relay"
+
+    async def gauges() -> None:
+        with errors.translated():
+            row = await store.pool.fetchrow(sql("metrics_gauges"))
+        metrics.OUTBOX_ROWS.set(row["outbox_rows"])
+        metrics.OUTBOX_OLDEST_AGE.set(row["outbox_oldest_age_s"])
+        metrics.TIMERS_PENDING.set(row["timers_pending"])
+
+    server = TelemetryServer(
+        settings.metrics_address,
+        checks={"postgresql": postgres, "partitions": partitions, "relay_leader": relay_leader},
+        before_scrape=gauges,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        # A busy port must not stop the daemon: it works without its probes.
+        log.warning("telemetry_unavailable", address=settings.metrics_address, error=str(exc))
+        return None
+    return server
 
 
 async def _until_stopped_or_failed(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from consumers import codec
@@ -24,7 +24,7 @@ from statemachine.states import State
 from storage import errors
 from storage.rows import OutboxRecord
 from storage.store import PostgresStateStore, StateTransaction
-from telemetry import logs
+from telemetry import logs, metrics
 
 log = logs.get(__name__)
 Item = codec.Inbound | codec.DeadLetter
@@ -60,11 +60,22 @@ class BatchReport:
     outbox_written: int = 0
     earliest_deadline: datetime | None = None
     marks_written: int = 0
+    # For metrics, recorded once the batch committed (observe()).
+    moves: list[tuple[str, str, str]] = field(default_factory=list)
+    left_states: list[tuple[str, float]] = field(default_factory=list)
+    answers: list[tuple[str, str]] = field(default_factory=list)
+    call_seconds: list[float] = field(default_factory=list)
+    dead_reasons: list[str] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
         """
         Add another report's counts into this one.
         """
+        self.moves += other.moves
+        self.left_states += other.left_states
+        self.answers += other.answers
+        self.call_seconds += other.call_seconds
+        self.dead_reasons += other.dead_reasons
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
@@ -75,6 +86,42 @@ class BatchReport:
             self.earliest_deadline is None or other.earliest_deadline < self.earliest_deadline
         ):
             self.earliest_deadline = other.earliest_deadline
+
+
+def observe(report: BatchReport) -> None:
+    """
+    Record a committed batch's figures in the Prometheus metrics.
+    """
+    for from_state, to_state, trigger in report.moves:
+        metrics.TRANSITIONS.labels(from_state, to_state, trigger).inc()
+    for state, seconds in report.left_states:
+        metrics.STATE_DURATION.labels(state).observe(seconds)
+    for tool, outcome in report.answers:
+        metrics.TOOL_RESULTS.labels(tool, outcome).inc()
+    for seconds in report.call_seconds:
+        metrics.TOOL_CALL_DURATION.labels("all").observe(seconds)
+    for reason in report.dead_reasons:
+        metrics.DEAD_LETTERS.labels(metrics.reason_category(reason)).inc()
+    # Recorded once: a report kept as a running total must not grow with them.
+    for kept in (report.moves, report.left_states, report.answers, report.call_seconds):
+        kept.clear()
+    report.dead_reasons.clear()
+
+
+def _outcome(answer: effects.Answer) -> str:
+    content = answer.content
+    if answer.is_error:
+        return "error"
+    for key in ("agent_status", "status"):
+        value = content.get(key)
+        if isinstance(value, str):
+            return value
+    if content.get("startup_scripts"):
+        return str(content["startup_scripts"])
+    for key in ("created", "started", "stopped"):
+        if content.get(key) is True:
+            return key
+    return "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +279,7 @@ class BatchHandler:
                 msg = f"dead letter could not be written: {_text(last)}"
                 raise errors.StorageUnavailableError(msg) from last
         _log_dead_letter(dead, error=True)
-        return BatchReport(dead_lettered=1, outbox_written=1)
+        return BatchReport(dead_lettered=1, outbox_written=1, dead_reasons=[dead.reason])
 
     async def _write_dead_letter(self, record: OutboxRecord) -> None:
         async with self._store.transaction() as tx:
@@ -260,6 +307,10 @@ class BatchHandler:
                 for t in due
             ]
             report = await self._fold(tx, fired, {}, [], now)
+            for t in due:
+                metrics.TIMER_LATENESS.observe(max((now - t.deadline_at).total_seconds(), 0.0))
+            metrics.TIMERS_FIRED.inc(len(due))
+            observe(report)
             unwatermarked = [t for t in due if t.unwatermarked]
             if gate is not None and stale_before is not None and unwatermarked:
                 stale = await tx.stale_watermarks(gate.input_topics, stale_before)
@@ -314,6 +365,7 @@ class BatchHandler:
         report.applied = len(fresh)
         report.duplicates = duplicates
         report.dead_lettered = len(dead)
+        report.dead_reasons = [d.reason for d in dead]
         return report
 
     async def _dedupe(
@@ -368,6 +420,7 @@ class BatchHandler:
         ctx = decide.Context(now, facts, self._timeouts, self._rng)
         done: list[effects.Effect] = []
         changed: dict[str, ChatWorkspace] = {}
+        left: list[tuple[str, float]] = []
         for chat_id, event in per_chat:
             chat = chats.get(chat_id)
             if chat is None:
@@ -375,6 +428,9 @@ class BatchHandler:
                     continue  # an answer about a chat we never asked for
                 chat = Chat(ChatWorkspace.new(chat_id, _NIL_OWNER, now))
             decision = decide.decide(chat, event, ctx)
+            if decision.chat.row.state != chat.row.state:
+                seconds = (now - chat.row.state_entered_at).total_seconds()
+                left.append((chat.row.state.value, max(seconds, 0.0)))
             _remember_calls(facts, decision.effects)
             done += decision.effects
             if chat_id in chats and decision.chat.row != chat.row:
@@ -395,6 +451,14 @@ class BatchHandler:
             transitions=len(transitions),
             outbox_written=tx.outbox_written,
             earliest_deadline=tx.earliest_deadline,
+            moves=[(t.from_state.value, t.to_state.value, t.trigger.value) for t in transitions],
+            left_states=left,
+            answers=[
+                (getattr(a, "tool", "create_workspace"), _outcome(a))
+                for a in done
+                if isinstance(a, effects.Answer)
+            ],
+            call_seconds=list(tx.call_seconds),
         )
 
     async def _facts(
@@ -407,7 +471,9 @@ class BatchHandler:
         ]
         bound = [r for r in rows if r.state != State.NONE]
         return await tx.load_facts(
-            [r.job_id for r in bound if r.job_id] + [e.job_id for e in created],
+            [r.job_id for r in bound if r.job_id]
+            + [e.job_id for e in created]
+            + [e.job.job_id for _, e in per_chat if isinstance(e, ev.JobChanged)],
             [r.agent_id for r in bound if r.agent_id],
             [r.workspace_id for r in bound if r.workspace_id] + [e.workspace_id for e in created],
             calls,

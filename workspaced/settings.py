@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     wait_for_startup_scripts: bool = False
     startup_script_timeout_seconds: PositiveSeconds = 600.0
 
+    # /metrics, /healthz and /readyz (docs/operations.md); empty turns it off.
+    metrics_address: str = "127.0.0.1:9464"
+    bridge_metrics_address: str = "127.0.0.1:9465"
+
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -129,6 +133,15 @@ class Settings(BaseSettings):
                 msg = f"{server!r} is not host:port"
                 raise ValueError(msg)
         return ",".join(servers)
+
+    @field_validator("metrics_address", "bridge_metrics_address")
+    @classmethod
+    def _address_or_off(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError("must be host:port (e.g. 127.0.0.1:9464), or empty for off")
+        return value
 
     @field_validator("coder_url")
     @classmethod

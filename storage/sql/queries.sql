@@ -133,7 +133,9 @@ WITH chats AS (
     ON CONFLICT (tool_call_id) DO UPDATE SET
         answered_at = coalesce(tool_calls.answered_at, excluded.answered_at),
         answer = coalesce(tool_calls.answer, excluded.answer)
-    RETURNING 1
+    -- An answered call never changes: leave it (and out of RETURNING).
+    WHERE tool_calls.answered_at IS NULL
+    RETURNING received_at AS r, answered_at AS a
 ), outgoing AS (
     INSERT INTO outbox (topic, key, ce_id, ce_type, ce_time, payload, headers)
     SELECT t, k, i, y, m, p, h::jsonb
@@ -145,7 +147,10 @@ SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM history)
        + (SELECT count(*) FROM calls) AS written,
        (SELECT count(*) FROM outgoing) AS published,
        CASE WHEN (SELECT count(*) FROM outgoing) > 0
-            THEN pg_notify('workspaced_outbox', '') END AS notified;
+            THEN pg_notify('workspaced_outbox', '') END AS notified,
+       -- seconds from each call's arrival to its answer, for calls answered now
+       (SELECT coalesce(array_agg(extract(epoch FROM a - r)::float8), '{}')
+        FROM calls WHERE a IS NOT NULL) AS waited;
 
 -- name: outbox_add
 INSERT INTO outbox (topic, key, ce_id, ce_type, ce_time, payload, headers)
