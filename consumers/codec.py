@@ -31,7 +31,7 @@ from pydantic_core import ErrorDetails
 
 from consumers import schemas
 from statemachine import events, toolcalls
-from statemachine.model import Agent, Job
+from statemachine.model import Agent, Job, Tool
 
 STRUCTURED = "application/cloudevents+json"
 JSON = "application/json"
@@ -54,7 +54,12 @@ Header = tuple[str, bytes | None]
 INPUT_TYPES: dict[str, frozenset[str]] = {
     "tool_calls": frozenset({"chat.tool_call.v1"}),
     "workspace_command_results": frozenset(
-        {"coder.workspace.created.v1", "coder.workspace.create_failed.v1"}
+        {
+            "coder.workspace.created.v1",
+            "coder.workspace.create_failed.v1",
+            "coder.workspace.build_queued.v1",
+            "coder.workspace.build_rejected.v1",
+        }
     ),
     "provisioner_job_updates": frozenset({"coder.provisioner_job.updated.v1"}),
     "agent_heartbeats": frozenset({"coder.agent.heartbeat.v1"}),
@@ -103,6 +108,8 @@ Decoded = (
     | events.InvalidToolCall
     | events.CreateAccepted
     | events.CreateRejected
+    | events.BuildQueued
+    | events.BuildRejected
     | JobReported
     | HeartbeatReported
 )
@@ -357,12 +364,15 @@ def _tool_call(ce_id: str, data: Any) -> events.ToolCall | events.InvalidToolCal
     # The answer is stored under the call's id: without it there is no answer.
     _refuse_nul([("tool_call_id", envelope.tool_call_id)])
     tool_call_id, chat_id = envelope.tool_call_id, str(envelope.chat_id)
+    tool = Tool(envelope.tool)
+    if tool != Tool.CREATE:
+        return _no_arguments_call(ce_id, data, envelope)
     arguments = data.get("arguments")
     try:
         template_id = toolcalls.template_id(
             arguments.get("template_id") if isinstance(arguments, dict) else None
         )
-        call = schemas.ToolCallData.model_validate(data)
+        call = schemas.CreateCallData.model_validate(data)
     except toolcalls.InvalidArgumentError as exc:
         # R1's text quotes the start of the template id: escape what it echoes.
         error = printable(str(exc))
@@ -377,11 +387,36 @@ def _tool_call(ce_id: str, data: Any) -> events.ToolCall | events.InvalidToolCal
         ce_id,
         tool_call_id,
         chat_id,
-        str(call.owner_id),
+        str(envelope.owner_id),
         template_id,
         call.arguments.name,
         tuple(sorted((call.arguments.parameters or {}).items())),
         call.template_name,
+    )
+
+
+def _no_arguments_call(
+    ce_id: str, data: Any, envelope: schemas.ToolCallEnvelope
+) -> events.ToolCall | events.InvalidToolCall:
+    """
+    Decode a start_workspace or stop_workspace call: no arguments, or an object of ignored ones.
+    """
+    tool_call_id, chat_id = envelope.tool_call_id, str(envelope.chat_id)
+    try:
+        schemas.NoArgumentsCallData.model_validate(data)
+    except ValidationError as exc:
+        error = printable(f"invalid arguments: {describe(exc)}")
+        return events.InvalidToolCall(ce_id, tool_call_id, chat_id, envelope.tool, error)
+    return events.ToolCall(
+        ce_id,
+        tool_call_id,
+        chat_id,
+        str(envelope.owner_id),
+        "",
+        None,
+        (),
+        envelope.template_name,
+        Tool(envelope.tool),
     )
 
 
@@ -400,7 +435,7 @@ def _created(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateAccepted:
     )
 
 
-def rejection_reason(failed: schemas.CreateFailedData) -> str:
+def rejection_reason(failed: schemas.CreateFailedData | schemas.BuildRejectedData) -> str:
     """
     Format Coder's error as one line: ``message: detail; field: detail; …``.
     """
@@ -412,8 +447,7 @@ def rejection_reason(failed: schemas.CreateFailedData) -> str:
     return reason
 
 
-def _create_failed(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateRejected:
-    f = _validate(schemas.CreateFailedData, data)
+def _refuse_nul_in_refusal(f: schemas.CreateFailedData | schemas.BuildRejectedData) -> None:
     _refuse_nul(
         [
             ("message", f.message),
@@ -428,7 +462,32 @@ def _create_failed(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateRej
             ),
         ]
     )
+
+
+def _create_failed(ce_id: str, data: dict[str, Any] | bytes) -> events.CreateRejected:
+    f = _validate(schemas.CreateFailedData, data)
+    _refuse_nul_in_refusal(f)
     return events.CreateRejected(ce_id, str(f.command_id), str(f.chat_id), rejection_reason(f))
+
+
+def _build_queued(ce_id: str, data: dict[str, Any] | bytes) -> events.BuildQueued:
+    q = _validate(schemas.BuildQueuedData, data)
+    return events.BuildQueued(
+        ce_id,
+        str(q.command_id),
+        str(q.chat_id),
+        str(q.workspace_id),
+        q.transition,
+        str(q.build_id),
+        str(q.job_id),
+    )
+
+
+def _build_rejected(ce_id: str, data: dict[str, Any] | bytes) -> events.BuildRejected:
+    f = _validate(schemas.BuildRejectedData, data)
+    _refuse_nul_in_refusal(f)
+    reason = rejection_reason(f)
+    return events.BuildRejected(ce_id, str(f.command_id), str(f.chat_id), f.status_code, reason)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -466,6 +525,8 @@ _DECODERS: dict[str, Any] = {
     "chat.tool_call.v1": _tool_call,
     "coder.workspace.created.v1": _created,
     "coder.workspace.create_failed.v1": _create_failed,
+    "coder.workspace.build_queued.v1": _build_queued,
+    "coder.workspace.build_rejected.v1": _build_rejected,
     "coder.provisioner_job.updated.v1": _job_updated,
     "coder.agent.heartbeat.v1": _heartbeat,
 }

@@ -29,9 +29,26 @@ class _Data(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+Tool = Literal["create_workspace", "start_workspace", "stop_workspace"]
+Transition = Literal["start", "stop"]
+
+
 class ToolCallArguments(_Data):
     """
-    Arguments of the create_workspace tool.
+    Arguments of the create_workspace tool; start_workspace and stop_workspace take none.
+
+    ``template_id`` is optional here only because the other tools have no
+    arguments: create_workspace requires it, and checks it as R1 says.
+    """
+
+    template_id: str | None = None
+    name: str | None = None
+    parameters: dict[str, str] | None = None
+
+
+class CreateArguments(_Data):
+    """
+    Arguments of create_workspace once R1 checked its template_id.
     """
 
     template_id: str
@@ -47,7 +64,7 @@ class ToolCallEnvelope(_Data):
     tool_call_id: str = ToolCallId
     chat_id: UUID
     owner_id: UUID
-    tool: Literal["create_workspace"]
+    tool: Tool
     template_name: str | None = None
 
 
@@ -59,9 +76,26 @@ class ToolCallData(_Data):
     tool_call_id: str = ToolCallId
     chat_id: UUID
     owner_id: UUID
-    tool: Literal["create_workspace"]
-    arguments: ToolCallArguments
+    tool: Tool
+    arguments: ToolCallArguments | None = None
     template_name: str | None = None
+
+
+class CreateCallData(_Data):
+    """
+    ``chat.tool_call.v1`` of create_workspace, which must have its arguments.
+    """
+
+    arguments: CreateArguments
+    template_name: str | None = None
+
+
+class NoArgumentsCallData(_Data):
+    """
+    ``chat.tool_call.v1`` of start_workspace or stop_workspace: any object, or none, as arguments.
+    """
+
+    arguments: dict[str, object] | None = None
 
 
 class ToolResultData(_Data):
@@ -71,7 +105,7 @@ class ToolResultData(_Data):
 
     tool_call_id: str = ToolCallId
     chat_id: UUID
-    tool: Literal["create_workspace"]
+    tool: Tool
     is_error: bool
     content: dict[str, object]
 
@@ -151,6 +185,43 @@ class CreateFailedData(_Data):
     validations: list[Validation] | None = None
 
 
+class BuildCommandData(_Data):
+    """
+    ``coder.workspace.build.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    workspace_id: UUID
+    transition: Transition
+
+
+class BuildQueuedData(_Data):
+    """
+    ``coder.workspace.build_queued.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    workspace_id: UUID
+    transition: Transition
+    build_id: UUID
+    job_id: UUID
+
+
+class BuildRejectedData(_Data):
+    """
+    ``coder.workspace.build_rejected.v1``.
+    """
+
+    command_id: UUID
+    chat_id: UUID
+    status_code: int | None = None
+    message: str = Field(min_length=1)
+    detail: str | None = None
+    validations: list[Validation] | None = None
+
+
 class AgentRef(_Data):
     """
     One agent of a workspace build.
@@ -195,6 +266,9 @@ EVENT_TYPES: dict[str, type[_Data]] = {
     "coder.workspace.create.v1": CreateCommandData,
     "coder.workspace.created.v1": CreatedData,
     "coder.workspace.create_failed.v1": CreateFailedData,
+    "coder.workspace.build.v1": BuildCommandData,
+    "coder.workspace.build_queued.v1": BuildQueuedData,
+    "coder.workspace.build_rejected.v1": BuildRejectedData,
     "coder.provisioner_job.updated.v1": JobUpdatedData,
     "coder.agent.heartbeat.v1": HeartbeatData,
 }

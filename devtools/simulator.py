@@ -8,6 +8,10 @@ configured rates, or forced by a word in the requested name, so demos and
 tests can ask for one: ``reject`` (create refused), ``fail`` (build fails),
 ``noagent`` (build without agent), ``lost`` (agent never connects),
 ``stop`` and ``delete`` (a stop or delete build follows the start).
+
+It plays ``coder.workspace.build.v1`` (start or stop) out as Coder would:
+``build_queued`` with a new build and job, the job's updates, and for a start
+a new agent that beats; a stop silences the workspace's agents.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from workspaced.settings import Settings
 
 log = logs.get(__name__)
 SOURCE = "coder-simulator"
+BUILD_COMMAND = "coder.workspace.build.v1"
+BUILD_QUEUED = "coder.workspace.build_queued.v1"
 _NS = uuid.UUID("0d3e9a61-3b8e-4f0e-bb0c-5ad0d1a0c0de")
 
 
@@ -71,6 +77,13 @@ def _derive(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "/".join(map(str, parts))))
 
 
+def _ce_type(headers: Any) -> str:
+    for name, value in headers or ():
+        if name == "ce_type":
+            return bytes(value or b"").decode(errors="replace")
+    return ""
+
+
 class CoderSimulator:
     """
     Answer create commands and play out builds and agents on a single timer heap.
@@ -86,6 +99,7 @@ class CoderSimulator:
         self._pending: list[tuple[str, str, str, dict[str, Any]]] = []
         self._answered: dict[str, dict[str, Any]] = {}
         self._live_agents: set[str] = set()
+        self._agents_of: dict[str, set[str]] = {}  # workspace_id -> its agents
         self.commands = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -120,7 +134,10 @@ class CoderSimulator:
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for records in batch.values():
                 for record in records:
-                    self._on_command(record.value)
+                    if _ce_type(record.headers) == BUILD_COMMAND:
+                        self._on_build_command(record.value)
+                    else:
+                        self._on_command(record.value)
             if batch:
                 self._wake.set()
 
@@ -169,6 +186,52 @@ class CoderSimulator:
         self._answered[command_id] = {"emit": emit}
         self._later(opts.create_delay_s, lambda: self._emit(*emit))
 
+    def _on_build_command(self, value: bytes | None) -> None:
+        """
+        Answer a start or stop command with a queued build, then play the build out.
+        """
+        try:
+            command = orjson.loads(value or b"")
+            command_id, chat_id = command["command_id"], command["chat_id"]
+            workspace_id, transition = command["workspace_id"], command["transition"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("simulator_bad_command")
+            return
+        self.commands += 1
+        delay_s = self._options.create_delay_s
+        if command_id in self._answered:  # a redelivered command: the same build again
+            answer = self._answered[command_id]
+            self._later(delay_s, lambda: self._emit(*answer["emit"]))
+            return
+        job = {
+            "job_id": _derive("job", command_id),
+            "workspace_id": workspace_id,
+            "build_id": _derive("build", command_id),
+            "transition": transition,
+        }
+        data = {"command_id": command_id, "chat_id": chat_id, **job}
+        emit = ("workspace_command_results", chat_id, BUILD_QUEUED, data)
+        self._answered[command_id] = {"emit": emit}
+        self._later(delay_s, lambda: self._emit(*emit))
+        self._later(delay_s, lambda: self._play_build(job))
+
+    def _play_build(self, job: dict[str, Any]) -> None:
+        step, workspace_id = self._options.job_step_s, job["workspace_id"]
+        for agent_id in self._agents_of.pop(workspace_id, set()):
+            self._live_agents.discard(agent_id)  # a new build: the old agents are gone
+        self._job(job, "pending", 0)
+        self._job(job, "running", step)
+        if job["transition"] != "start":
+            self._job(job, "succeeded", 2 * step)
+            return
+        agent_id = _derive("agent", job["build_id"])
+        self._agents_of[workspace_id] = {agent_id}
+        self._job(job, "succeeded", 2 * step, agents=[{"id": agent_id, "name": "main"}])
+        self._later(
+            2 * step + self._options.agent_connect_delay_s,
+            lambda: self._heartbeat(agent_id, workspace_id),
+        )
+
     def _build(self, created: dict[str, Any], name: str) -> None:
         opts, rng = self._options, self._rng
         workspace_id = created["workspace_id"]
@@ -176,6 +239,8 @@ class CoderSimulator:
         no_agent = "noagent" in name or rng.random() < opts.no_agent_rate
         agent_id = _derive("agent", workspace_id)
         agents = [] if no_agent else [{"id": agent_id, "name": "main"}]
+        if not no_agent:
+            self._agents_of[workspace_id] = {agent_id}
         job = {
             "job_id": created["job_id"],
             "workspace_id": workspace_id,

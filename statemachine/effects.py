@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from statemachine.model import Tool
 from statemachine.states import State, Trigger
 
 
@@ -56,7 +57,7 @@ class Publish:
 @dataclass(frozen=True, slots=True)
 class Wait:
     """
-    Keep a tool call waiting until its chat is ready or failed (R5).
+    Keep a tool call waiting until its chat is ready, stopped or failed (R5).
     """
 
     tool_call_id: str
@@ -64,6 +65,7 @@ class Wait:
     creator: bool
     event_id: str
     occurred_at: datetime
+    tool: Tool = Tool.CREATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Answer:
     is_error: bool
     content: Mapping[str, Any]
     occurred_at: datetime
+    tool: Tool = Tool.CREATE
 
 
 Effect = RecordTransition | Publish | Wait | Answer

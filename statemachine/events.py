@@ -7,13 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from statemachine.model import Job
+from statemachine.model import Job, Tool
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """
-    Ask for a workspace for a chat (``chat.tool_call.v1``, arguments valid).
+    Call one of the chat's workspace tools (``chat.tool_call.v1``, arguments valid).
+
+    ``template_id``, ``name``, ``parameters`` and ``template_name`` are
+    create_workspace's; start_workspace and stop_workspace take no arguments
+    (``template_id`` is empty for them).
     """
 
     event_id: str
@@ -24,6 +28,7 @@ class ToolCall:
     name: str | None
     parameters: tuple[tuple[str, str], ...]
     template_name: str | None
+    tool: Tool = Tool.CREATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,34 @@ class CreateRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildQueued:
+    """
+    Tell that Coder queued a start or stop build (``coder.workspace.build_queued.v1``).
+    """
+
+    event_id: str
+    command_id: str
+    chat_id: str
+    workspace_id: str
+    transition: str
+    build_id: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRejected:
+    """
+    Tell that Coder refused a start or stop build (``coder.workspace.build_rejected.v1``).
+    """
+
+    event_id: str
+    command_id: str
+    chat_id: str
+    status_code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class JobChanged:
     """
     Tell that a provisioner job's merged status moved forward.
@@ -107,6 +140,8 @@ Event = (
     | InvalidToolCall
     | CreateAccepted
     | CreateRejected
+    | BuildQueued
+    | BuildRejected
     | JobChanged
     | AgentSeen
     | TimerFired

@@ -42,6 +42,13 @@ def create_command(chat_id: str, version: int) -> str:
     return derive("create", chat_id, version)
 
 
+def build_command(chat_id: str, version: int) -> str:
+    """
+    Return the id of the start or stop command a chat sent as it entered ``version``.
+    """
+    return derive("build", chat_id, version)
+
+
 def workspace_event(chat_id: str, version: int, ce_type: str) -> str:
     """
     Return the id of a workspace event of one transition.

@@ -7,9 +7,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from statemachine.states import State
+
+
+class Tool(StrEnum):
+    """
+    Name the chat's workspace tools workspaced answers (``chat.tool_call.v1`` ``tool``).
+    """
+
+    CREATE = "create_workspace"
+    START = "start_workspace"
+    STOP = "stop_workspace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +70,15 @@ class ChatWorkspace:
 @dataclass(frozen=True, slots=True)
 class Waiter:
     """
-    Be a tool call waiting for its chat's workspace to become ready or fail.
+    Be a tool call waiting on its chat: for the workspace to be ready, stopped, or to fail.
+
+    ``creator`` marks the create_workspace call that caused the create (R4);
+    start and stop calls are never creators. ``tool`` says how to answer.
     """
 
     tool_call_id: str
     creator: bool
+    tool: Tool = Tool.CREATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ class State(StrEnum):
     BUILDING = "building"
     AGENT_WAITING = "agent_waiting"
     READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
     FAILED = "failed"
 
 
@@ -39,7 +41,13 @@ class Trigger(StrEnum):
     STARTUP_SCRIPTS_FAILED = "startup_scripts_failed"
     STARTUP_SCRIPTS_TIMED_OUT = "startup_scripts_timed_out"
     WORKSPACE_DELETED = "workspace_deleted"
+    START_REQUESTED = "start_requested"
+    STOP_REQUESTED = "stop_requested"
+    BUILD_STARTED = "build_started"
+    BUILD_REJECTED = "build_rejected"
+    AGENT_SILENT = "agent_silent"
 
 
-# States in which a create command may be in flight or a build is running.
-IN_PROGRESS = frozenset({State.CREATING, State.BUILDING, State.AGENT_WAITING})
+# States in which a command may be in flight, a build is running or an agent
+# is awaited: tool calls wait in these, and only in these.
+IN_PROGRESS = frozenset({State.CREATING, State.BUILDING, State.AGENT_WAITING, State.STOPPING})

@@ -208,7 +208,7 @@ def answer_record(effect: effects.Answer, topic_name: Callable[[str], str]) -> O
     data = {
         "tool_call_id": effect.tool_call_id,
         "chat_id": effect.chat_id,
-        "tool": "create_workspace",
+        "tool": effect.tool.value,
         "is_error": effect.is_error,
         "content": effect.content,
     }

@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 
 from statemachine import effects
-from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Job, Waiter
+from statemachine.model import AnsweredCall, Chat, ChatWorkspace, Facts, Job, Tool, Waiter
 from storage import errors
 from storage import rows as pg
 from storage.queries import sql
@@ -204,7 +204,8 @@ class StateTransaction:
             )
         waiters = {
             w["chat_id"]: tuple(
-                Waiter(i, c) for i, c in zip(w["tool_call_ids"], w["creators"], strict=True)
+                Waiter(i, c, Tool(t))
+                for i, c, t in zip(w["tool_call_ids"], w["creators"], w["tools"], strict=True)
             )
             for w in waiting
         }
@@ -265,12 +266,14 @@ class StateTransaction:
         changed = [pg.row_args(c) for c in chats]
         history: list[tuple[Any, ...]] = []
         calls: dict[str, list[Any]] = {}
+        tools: dict[str, str] = {}
         outbox = list(extra)
         for effect in done:
             match effect:
                 case effects.RecordTransition():
                     history.append(pg.history_args(effect))
                 case effects.Wait():
+                    tools.setdefault(effect.tool_call_id, effect.tool.value)
                     calls.setdefault(
                         effect.tool_call_id,
                         [
@@ -283,6 +286,7 @@ class StateTransaction:
                         ],
                     )
                 case effects.Answer():
+                    tools.setdefault(effect.tool_call_id, effect.tool.value)
                     answer = orjson.dumps({"is_error": effect.is_error, "content": effect.content})
                     call = calls.setdefault(
                         effect.tool_call_id,
@@ -300,6 +304,7 @@ class StateTransaction:
                 list(calls),
                 *pg.columns([tuple(c) for c in calls.values()], 6),
                 *pg.outbox_columns(outbox),
+                [tools[i] for i in calls],
             )
         self.outbox_written += len(outbox)
         self.call_seconds += list(saved["waited"])

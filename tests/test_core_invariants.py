@@ -6,7 +6,8 @@ merged with ``jobs.merge`` and only a merge that moved the job forward reaches
 the chat, heartbeats only grow ``agents_seen_at``, the latest build of a
 workspace is its job with the newest ``occurred_at``, and calls are remembered
 from ``Wait`` and ``Answer`` effects (``_remember_calls``). A stand-in for Coder
-gives each create command one fixed outcome, delivered any number of times.
+gives each command (create, start or stop) one fixed outcome, delivered any
+number of times; the three tools are called in any order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from hypothesis import strategies as st
 
 from statemachine import decide, effects, jobs, machine
 from statemachine import events as ev
-from statemachine.model import Agent, AnsweredCall, Chat, ChatWorkspace, Facts, Job, Timeouts
+from statemachine.model import (
+    Agent,
+    AnsweredCall,
+    Chat,
+    ChatWorkspace,
+    Facts,
+    Job,
+    Timeouts,
+    Tool,
+)
 from statemachine.states import IN_PROGRESS, State, Trigger
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -34,6 +44,11 @@ NEVER_SENT = "command-never-sent"
 STATUSES = ("unknown", "pending", "running", "canceling", "succeeded", "failed", "canceled")
 RANK = {"unknown": 0, "pending": 1, "running": 2, "canceling": 3}
 ENTERS_CREATING_FROM = frozenset({State.NONE, State.FAILED, State.READY})
+# A start or stop command is only sent from a resting state (one command in flight).
+COMMANDS_FROM = frozenset({State.READY, State.AGENT_WAITING, State.STOPPED, State.FAILED})
+REQUESTED = {Trigger.START_REQUESTED: "start", Trigger.STOP_REQUESTED: "stop"}
+# What each tool's successful answers say.
+SHAPES = {Tool.CREATE: "created", Tool.START: "started", Tool.STOP: "stopped"}
 
 
 def _workspace(command_id: str) -> str:
@@ -59,8 +74,13 @@ class World:
     jobs: dict[str, Job] = field(default_factory=dict)
     seen: dict[str, datetime] = field(default_factory=dict)
     calls: dict[str, AnsweredCall] = field(default_factory=dict)
-    commands: list[str] = field(default_factory=list)
-    outcomes: dict[str, str] = field(default_factory=dict)  # command -> accept | reject
+    commands: list[str] = field(default_factory=list)  # create commands, in order
+    outcomes: dict[str, str] = field(default_factory=dict)  # command -> accept | reject | …
+    builds: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # id -> (workspace, transition)
+    sent: list[str] = field(default_factory=list)  # every command, create or build, in order
+    tools: dict[str, Tool] = field(default_factory=dict)  # tool_call_id -> its tool
     answers: dict[str, tuple[bool, Mapping[str, Any]]] = field(default_factory=dict)
     called: set[str] = field(default_factory=set)
     states: list[State] = field(default_factory=lambda: [State.NONE])
@@ -77,30 +97,41 @@ class World:
         return f"event-{self.events}"
 
     def step(self, step: tuple[Any, ...]) -> None:
-        match step:
-            case ("call", number, valid):
-                self.tool_call(f"call-{number}", valid=valid)
-            case ("coder", which, accept):
-                self.coder_answers(which, accept=accept)
-            case ("job", which, transition, status, with_agents):
-                self.job_update(which, transition, status, with_agents=with_agents)
-            case ("beat", which, ago_s):
-                self.heartbeat(which, ago_s)
-            case ("life", which, lifecycle):
-                self.heartbeat(which, 0, lifecycle)
-            case ("advance", variant):
-                self.advance(variant)
-            case ("tick", seconds):
-                self.now += timedelta(seconds=seconds)
-            case ("timer", stale_by, at_deadline):
-                self.timer(stale_by, at_deadline=at_deadline)
-            case _:  # pragma: no cover - the strategy makes only the steps above
-                raise AssertionError(step)
+        kind, *args = step
+        {
+            "call": lambda number, valid: self.tool_call(f"call-{number}", valid=valid),
+            "start": lambda n: self.tool_call(f"start-{n}", valid=True, tool=Tool.START),
+            "stop": lambda n: self.tool_call(f"stop-{n}", valid=True, tool=Tool.STOP),
+            "coder": lambda which, accept: self.coder_answers(which, accept=accept),
+            "builder": self.builder_answers,
+            "job": lambda which, transition, status, with_agents: self.job_update(
+                which, transition, status, with_agents=with_agents
+            ),
+            "ext": self.foreign_build,
+            "extbeat": self.foreign_heartbeat,
+            "beat": self.heartbeat,
+            "life": lambda which, lifecycle: self.heartbeat(which, 0, lifecycle),
+            "advance": self.advance,
+            "tick": self.tick,
+            "timer": lambda stale_by, at_deadline: self.timer(stale_by, at_deadline=at_deadline),
+        }[kind](*args)
 
-    def tool_call(self, tool_call_id: str, *, valid: bool) -> None:
+    def tick(self, seconds: int) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def foreign_heartbeat(self, number: int) -> None:
+        self.seen[f"agent-ext-{number}"] = self.now
+        self.apply(ev.AgentSeen(self.event_id(), f"agent-ext-{number}", self.now))
+
+    def tool_call(self, tool_call_id: str, *, valid: bool, tool: Tool = Tool.CREATE) -> None:
         self.called.add(tool_call_id)
+        self.tools[tool_call_id] = tool
         event: ev.Event
-        if valid:
+        if valid and tool != Tool.CREATE:
+            event = ev.ToolCall(
+                self.event_id(), tool_call_id, CHAT, OWNER, "", None, (), None, tool
+            )
+        elif valid:
             event = ev.ToolCall(
                 self.event_id(), tool_call_id, CHAT, OWNER, TEMPLATE, None, (), "tpl"
             )
@@ -115,9 +146,17 @@ class World:
         """
         Send what Coder or a user would most likely send next, so runs go deep.
         """
-        state = self.chat.row.state
+        row = self.chat.row
+        state = row.state
         if state == State.CREATING:
             self.coder_answers(0, accept=variant != 0)
+        elif state in (State.BUILDING, State.STOPPING) and row.job_id is None and self.builds:
+            self.builder_answers(
+                0, "queued" if variant < 5 else ["busy", "refused", "queued"][variant - 5]
+            )
+        elif state == State.STOPPING:
+            status = ["succeeded"] * 5 + ["running", "failed", "canceled"]
+            self.job_update(0, "stop", status[variant], with_agents=False)
         elif state == State.BUILDING:
             transition, status = [
                 ("start", "succeeded"),
@@ -134,6 +173,10 @@ class World:
             self.job_update(0, "delete", "succeeded", with_agents=False)
         elif state == State.AGENT_WAITING and variant != 6:
             self.heartbeat(0, variant)
+        elif variant in (1, 2):
+            self.tool_call(f"stop-{variant}", valid=True, tool=Tool.STOP)
+        elif variant in (3, 4):
+            self.tool_call(f"start-{variant}", valid=True, tool=Tool.START)
         else:
             self.tool_call(f"call-{variant}", valid=True)
 
@@ -153,6 +196,46 @@ class World:
         if which >= len(self.commands):
             return NEVER_SENT
         return self.commands[-1 - which]
+
+    def any_command(self, which: int) -> str:
+        """
+        Return the command (create, start or stop) ``which`` back from the latest.
+        """
+        if which >= len(self.sent):
+            return NEVER_SENT
+        return self.sent[-1 - which]
+
+    def workspace_of(self, command_id: str) -> str:
+        if command_id in self.builds:
+            return self.builds[command_id][0]
+        return _workspace(command_id)
+
+    def builder_answers(self, which: int, outcome: str) -> None:
+        """
+        Answer the start or stop command ``which`` back: queued, busy (409) or refused (403).
+        """
+        builds = [c for c in self.sent if c in self.builds]
+        if which >= len(builds):
+            return
+        command_id = builds[-1 - which]
+        workspace_id, transition = self.builds[command_id]
+        # Coder answers a command once; later deliveries repeat that answer.
+        outcome = self.outcomes.setdefault(command_id, outcome)
+        event: ev.Event
+        if outcome == "queued":
+            event = ev.BuildQueued(
+                self.event_id(),
+                command_id,
+                CHAT,
+                workspace_id,
+                transition,
+                f"build-{command_id}-{transition}",
+                _job_id(command_id, transition),
+            )
+        else:
+            code, message = (409, "busy") if outcome == "busy" else (403, "forbidden")
+            event = ev.BuildRejected(self.event_id(), command_id, CHAT, code, message)
+        self.apply(event)
 
     def coder_answers(self, which: int, *, accept: bool) -> None:
         command_id = self.command(which)
@@ -175,17 +258,40 @@ class World:
             self.apply(ev.CreateRejected(self.event_id(), command_id, CHAT, "quota exceeded"))
 
     def job_update(self, which: int, transition: str, status: str, *, with_agents: bool) -> None:
-        command_id = self.command(which)
+        command_id = self.any_command(which)
         agents = (Agent(_agent(command_id), "main"),) if with_agents else ()
         update = Job(
             _job_id(command_id, transition),
-            _workspace(command_id),
+            self.workspace_of(command_id),
             f"build-{command_id}-{transition}",
             transition,
             status,
             "apply failed" if status == "failed" and with_agents else None,
             agents,
-            self.now,
+            # Distinct times, as Coder's: the newest build of a workspace is one job.
+            self.now + timedelta(microseconds=self.events),
+        )
+        known = self.jobs.get(update.job_id)
+        merged = jobs.merge(known, update)
+        check_job_moves_forward(known, merged)
+        if merged is not None:
+            self.jobs[merged.job_id] = merged
+            self.apply(ev.JobChanged(self.event_id(), merged))
+
+    def foreign_build(self, number: int, transition: str, status: str) -> None:
+        """
+        Report build ``number`` of the latest create's workspace, which no command asked for.
+        """
+        command_id = self.command(0)
+        update = Job(
+            f"job-ext-{number}-{transition}",
+            _workspace(command_id),
+            f"build-ext-{number}-{transition}",
+            transition,
+            status,
+            None,
+            (Agent(f"agent-ext-{number}", "main"),) if transition == "start" else (),
+            self.now + timedelta(microseconds=self.events),
         )
         known = self.jobs.get(update.job_id)
         merged = jobs.merge(known, update)
@@ -195,7 +301,7 @@ class World:
             self.apply(ev.JobChanged(self.event_id(), merged))
 
     def heartbeat(self, which: int, ago_s: int, lifecycle: str = "ready") -> None:
-        agent_id = _agent(self.command(which))
+        agent_id = _agent(self.any_command(which))
         at = self.now - timedelta(seconds=ago_s)
         self.seen[agent_id] = max(self.seen.get(agent_id, at), at)
         self.lifecycles[agent_id] = lifecycle
@@ -241,15 +347,81 @@ class World:
     # Invariants -----------------------------------------------------------------
 
     def check(self, before: Chat, decision: decide.Decision) -> None:
+        answered_before = set(self.answers)
         check_transitions(before.row, decision)
         self.check_create_commands(before.row, decision)
+        self.check_build_commands(decision)
         self.check_answers(decision)
+        self.check_answer_shapes(before, decision, answered_before)
         check_waiters(decision.chat)
         row = decision.chat.row
-        # Only the workspace of the chat's latest command is ever bound.
+        # Only the workspace of the chat's latest create command is ever bound.
         if row.workspace_id is not None:
-            assert row.workspace_id == _workspace(row.command_id or "")
+            assert self.commands
+            assert row.workspace_id == _workspace(self.commands[-1])
             assert row.state != State.CREATING
+
+    def check_build_commands(self, decision: decide.Decision) -> None:
+        """
+        Check that a start or stop command leaves only from a resting state, one at a time.
+        """
+        sent = [
+            e
+            for e in decision.effects
+            if isinstance(e, effects.Publish) and e.topic == effects.Topic.WORKSPACE_COMMANDS
+        ]
+        assert len(sent) <= 1, "two commands in one decision"
+        requests = [
+            r
+            for r in decision.effects
+            if isinstance(r, effects.RecordTransition) and r.trigger in REQUESTED
+        ]
+        builds = [e for e in sent if e.ce_type == decide.BUILD_COMMAND]
+        assert len(builds) == len(requests)
+        if builds:
+            (record,) = requests
+            (command,) = builds
+            assert record.from_state in COMMANDS_FROM
+            row = decision.chat.row
+            assert command.data == {
+                "command_id": command.data["command_id"],
+                "chat_id": CHAT,
+                "workspace_id": row.workspace_id,
+                "transition": REQUESTED[record.trigger],
+            }
+            command_id = command.data["command_id"]
+            assert command_id not in self.sent, "a start or stop command sent twice"
+            assert command_id == row.command_id
+            self.builds[command_id] = (row.workspace_id or "", REQUESTED[record.trigger])
+            self.sent.append(command_id)
+
+    def check_answer_shapes(
+        self, before: Chat, decision: decide.Decision, answered_before: set[str]
+    ) -> None:
+        """
+        Check that each call is answered by its own tool, in that tool's shape.
+        """
+        records = [e for e in decision.effects if isinstance(e, effects.RecordTransition)]
+        visited = {before.row.state} | {r.to_state for r in records}
+        for answer in (e for e in decision.effects if isinstance(e, effects.Answer)):
+            tool = self.tools[answer.tool_call_id]
+            assert answer.tool == tool
+            if answer.tool_call_id in answered_before:
+                continue  # the stored answer, published again (R14)
+            if answer.is_error:
+                assert set(answer.content) <= {"error", "build_id"}
+                continue
+            shape = SHAPES[tool]
+            assert shape in answer.content, (tool, answer.content)
+            if tool == Tool.START:
+                assert visited & {State.READY, State.AGENT_WAITING}
+            if tool == Tool.STOP:
+                stopped = self.facts_stopped(before.row.workspace_id)
+                assert State.STOPPED in visited or stopped
+
+    def facts_stopped(self, workspace_id: str | None) -> bool:
+        latest = self.facts().latest_builds.get(workspace_id or "")
+        return latest is not None and (latest.transition, latest.status) == ("stop", "succeeded")
 
     def check_create_commands(self, before: ChatWorkspace, decision: decide.Decision) -> None:
         creates = [
@@ -276,6 +448,7 @@ class World:
                 assert command_id not in self.outcomes
             else:
                 self.commands.append(command_id)
+                self.sent.append(command_id)
 
     def check_answers(self, decision: decide.Decision) -> None:
         answers = [e for e in decision.effects if isinstance(e, effects.Answer)]
@@ -343,13 +516,22 @@ def check_job_moves_forward(known: Job | None, merged: Job | None) -> None:
 WHICH = st.sampled_from([0, 0, 0, 0, 1, 2])
 STEPS = st.one_of(
     st.tuples(st.just("call"), st.integers(0, 4), st.booleans()),
+    st.tuples(st.just("start"), st.integers(0, 3)),
+    st.tuples(st.just("stop"), st.integers(0, 3)),
     st.tuples(st.just("coder"), WHICH, st.booleans()),
+    st.tuples(st.just("builder"), WHICH, st.sampled_from(["queued"] * 4 + ["busy", "refused"])),
     st.tuples(
         st.just("job"),
         WHICH,
-        st.sampled_from(["start"] * 6 + ["stop", "delete"]),
+        st.sampled_from(["start"] * 5 + ["stop"] * 3 + ["delete"]),
         st.sampled_from((*STATUSES, "running", "succeeded", "succeeded")),
         st.booleans(),
+    ),
+    st.tuples(
+        st.just("ext"),
+        st.integers(0, 2),
+        st.sampled_from(["start", "stop"]),
+        st.sampled_from(["running", "succeeded", "succeeded", "failed"]),
     ),
     st.tuples(st.just("beat"), WHICH, st.integers(0, 90)),
     st.tuples(
@@ -406,14 +588,36 @@ def test_a_nominal_sequence_visits_every_state_so_the_invariants_are_not_vacuous
         ("job", 0, "start", "succeeded", True),  # agent_waiting
         ("beat", 0, 0),  # ready
         ("call", 3, True),  # answered at once
+        ("stop", 0),  # stopping
+        ("builder", 0, "queued"),
+        ("job", 0, "stop", "succeeded", False),  # stopped
+        ("start", 0),  # building
+        ("builder", 0, "queued"),
+        ("job", 0, "start", "succeeded", True),  # agent_waiting
+        ("beat", 0, 0),  # ready
         ("job", 0, "delete", "succeeded", False),  # none
     ]:
         world.step(step)
     assert set(world.states) == set(State)
     assert world.called == set(world.answers)
     assert world.answers["call-1"] == (False, {"created": True, "workspace_name": "alice/dev"})
+    stop, start = world.sent[-2:]
+    assert world.answers["stop-0"] == (
+        False,
+        {"stopped": True, "workspace_name": "alice/dev", "build_id": f"build-{stop}-stop"},
+    )
+    assert world.answers["start-0"] == (
+        False,
+        {"started": True, "workspace_name": "alice/dev", "build_id": f"build-{start}-start"},
+    )
 
 
+READY_SCRIPT = [
+    ("call", 0, True),
+    ("coder", 0, True),
+    ("job", 0, "start", "succeeded", True),
+    ("beat", 0, 0),
+]
 SCRIPTS = {
     "agent timer, then a call, then a delete": [
         ("call", 0, True),
@@ -476,6 +680,112 @@ SCRIPTS = {
         ("job", 0, "start", "succeeded", True),
         ("beat", 0, 0),
         ("job", 0, "delete", "succeeded", False),
+    ],
+    # start_workspace and stop_workspace, and builds nobody asked for.
+    "stop, start, and a stop that runs late": [
+        *READY_SCRIPT,
+        ("stop", 0),  # stop_requested: stopping
+        ("builder", 0, "queued"),
+        ("job", 0, "stop", "succeeded", False),  # stopped
+        ("start", 0),  # start_requested: building
+        ("builder", 0, "queued"),
+        ("job", 0, "start", "failed", True),  # build_failed
+        ("stop", 1),  # stop_requested from failed
+        ("builder", 0, "queued"),
+        ("timer", 0, True),  # build_timed_out: failed
+        ("job", 0, "stop", "succeeded", False),  # late: failed -> stopped
+        ("job", 1, "delete", "succeeded", False),  # stopped -> none
+    ],
+    "a stop that fails or is canceled, a start from failed": [
+        *READY_SCRIPT,
+        ("stop", 0),
+        ("builder", 0, "queued"),
+        ("job", 0, "stop", "failed", True),  # stopping -> failed
+        ("start", 0),  # start_requested from failed
+        ("builder", 0, "queued"),
+        ("job", 0, "start", "succeeded", False),  # ready, no agent
+        ("stop", 1),
+        ("builder", 0, "queued"),
+        ("job", 0, "stop", "canceled", False),  # stopping -> failed
+    ],
+    "a start call finds the agent silent, a stop alone in agent_waiting": [
+        *READY_SCRIPT,
+        ("tick", 31),
+        ("start", 0),  # agent_silent: ready -> agent_waiting
+        ("timer", 0, True),  # agent_connect_timed_out
+        ("stop", 0),  # only a stop waits: stop_requested from agent_waiting
+        ("builder", 0, "refused"),  # back: the agent never beat again... agent_waiting
+        ("tick", 121),
+        ("timer", 0, True),
+        ("stop", 1),
+        ("job", 0, "delete", "succeeded", False),  # stopping -> none
+    ],
+    "refused commands go back to the newest build": [
+        *READY_SCRIPT,
+        ("stop", 0),
+        ("builder", 0, "refused"),  # stopping -> ready
+        ("stop", 1),
+        ("builder", 0, "queued"),
+        ("job", 0, "stop", "succeeded", False),  # stopped
+        ("start", 0),
+        ("builder", 0, "refused"),  # building -> stopped
+        ("start", 1),
+        ("builder", 0, "queued"),
+        ("job", 0, "start", "failed", True),  # failed
+        ("start", 2),
+        ("builder", 0, "refused"),  # building -> failed
+        ("stop", 2),
+        ("builder", 0, "refused"),  # stopping -> failed
+        ("job", 0, "delete", "succeeded", False),  # failed -> none
+    ],
+    "a start asked for while the newest build is a stop the chat did not follow": [
+        ("call", 0, True),
+        ("job", 0, "start", "succeeded", False),  # before the accept (R12)
+        ("job", 0, "stop", "succeeded", False),  # newer, before the accept
+        ("coder", 0, True),  # building, then ready: the known job applies
+        ("start", 0),  # the newest build is a stop: start_requested from ready
+    ],
+    "builds nobody asked for are followed from every bound state": [
+        ("call", 0, True),
+        ("coder", 0, True),  # building
+        ("ext", 0, "start", "running"),  # building -> building
+        ("ext", 1, "stop", "running"),  # building -> stopping
+        ("ext", 2, "stop", "running"),  # stopping -> stopping
+        ("ext", 0, "start", "succeeded"),  # ...an older one: nothing
+        ("ext", 3, "start", "running"),  # stopping -> building
+        ("ext", 3, "start", "succeeded"),  # agent_waiting
+        ("ext", 4, "stop", "running"),  # agent_waiting -> stopping
+        ("ext", 4, "stop", "succeeded"),  # stopped
+        ("ext", 5, "stop", "running"),  # stopped -> stopping
+        ("ext", 5, "stop", "failed"),  # failed
+        ("ext", 6, "start", "running"),  # failed -> building
+        ("ext", 6, "start", "failed"),
+        ("ext", 7, "stop", "running"),  # failed -> stopping
+        ("ext", 7, "stop", "succeeded"),
+        ("ext", 8, "start", "running"),  # stopped -> building
+        ("ext", 8, "start", "succeeded"),  # agent_waiting
+        ("ext", 9, "start", "running"),  # agent_waiting -> building
+        ("ext", 9, "start", "succeeded"),
+        ("beat", 0, 0),
+    ],
+    "builds nobody asked for, from ready": [
+        *READY_SCRIPT,
+        ("ext", 0, "start", "running"),  # ready -> building
+        ("ext", 0, "start", "succeeded"),
+        ("extbeat", 0),
+        ("ext", 1, "stop", "running"),  # ready -> stopping
+        ("ext", 1, "stop", "succeeded"),
+        ("job", 0, "delete", "succeeded", False),  # stopped -> none
+    ],
+    "a stop refused while the agent never beat": [
+        ("call", 0, True),
+        ("coder", 0, True),
+        ("job", 0, "start", "succeeded", True),  # agent_waiting
+        ("timer", 0, True),  # not_ready
+        ("stop", 0),  # stop_requested from agent_waiting
+        ("builder", 0, "refused"),  # stopping -> agent_waiting
+        ("ext", 0, "stop", "running"),
+        ("job", 1, "delete", "succeeded", False),  # stopping -> none
     ],
 }
 

@@ -28,6 +28,7 @@ from statemachine.model import (
     Facts,
     Job,
     Timeouts,
+    Tool,
     Waiter,
 )
 from statemachine.states import State, Trigger
@@ -53,10 +54,29 @@ NEW_CALL = "call-new"
 BAD_CALL = "call-bad"
 INVALID_ERROR = "invalid template_id: invalid UUID length: 3"
 REJECTION = "template version is archived: validation failed"
+REFUSAL = "Forbidden."
+BUSY = "A workspace build is already active.: A workspace build is already active."
 JOB_ERROR = "terraform apply failed"
 VERSION = 7
 
 WAITERS = (Waiter(CREATOR, creator=True), Waiter(OTHER, creator=False))
+WAITERS_IDS = (CREATOR, OTHER)
+STARTER = "call-starter"
+STOPPER = "call-stopper"
+NEW_START = "call-new-start"
+NEW_STOP = "call-new-stop"
+BUILD_COMMAND = "command-build"
+JOB_STOP = "job-stop"
+JOB_START = "job-start-2"
+BUILD_STOP = "build-stop"
+BUILD_START = "build-start-2"
+NEW_AGENT = "agent-3"
+# A create, a start and a stop call waiting together on a start or stop.
+MIXED = (
+    Waiter(OTHER, creator=False),
+    Waiter(STARTER, creator=False, tool=Tool.START),
+    Waiter(STOPPER, creator=False, tool=Tool.STOP),
+)
 
 
 # Rows -------------------------------------------------------------------------
@@ -89,10 +109,27 @@ def _row(state: State, *, bound: bool, **changes: Any) -> ChatWorkspace:
 
 DUE = NOW - timedelta(seconds=1)  # a deadline that has passed
 
+
+def _built(transition: str, job_id: str, *, agents: tuple[Agent, ...] = ()) -> Job:
+    """
+    Return a build that finished an hour ago: what the newest build was before the event.
+    """
+    return Job(
+        job_id, WORKSPACE, f"build-of-{job_id}", transition, "succeeded", None, agents, ENTERED
+    )
+
+
+RUNNING = _built("start", JOB, agents=(Agent(AGENT, "main"),))
+STOPPED_BUILD = _built("stop", "job-old-stop")
+
 # row kind -> (chat, facts storage knows)
 ROWS: dict[str, tuple[Chat, Facts]] = {
     "none": (Chat(ChatWorkspace.new(CHAT, OWNER, ENTERED)), Facts()),
     "none_after_delete": (Chat(_row(State.NONE, bound=False)), Facts()),
+    "none_deleted": (
+        Chat(_row(State.NONE, bound=False, last_error=results.WORKSPACE_DELETED)),
+        Facts(),
+    ),
     "creating": (Chat(_row(State.CREATING, bound=False, deadline_at=DUE), WAITERS), Facts()),
     "building": (Chat(_row(State.BUILDING, bound=True, deadline_at=DUE), WAITERS), Facts()),
     "agent_waiting": (
@@ -115,6 +152,67 @@ ROWS: dict[str, tuple[Chat, Facts]] = {
     "failed_build_timed_out": (
         Chat(_row(State.FAILED, bound=True, last_error=decide.BUILD_TIMED_OUT)),
         Facts(),
+    ),
+    # start_workspace and stop_workspace: a command in flight, a build bound, at rest.
+    "building_start": (
+        Chat(
+            _row(
+                State.BUILDING,
+                bound=True,
+                job_id=None,
+                build_id=None,
+                command_id=BUILD_COMMAND,
+                deadline_at=DUE,
+            ),
+            MIXED,
+        ),
+        Facts(latest_builds={WORKSPACE: STOPPED_BUILD}),
+    ),
+    "stopping": (
+        Chat(
+            _row(
+                State.STOPPING,
+                bound=True,
+                job_id=None,
+                build_id=None,
+                command_id=BUILD_COMMAND,
+                deadline_at=DUE,
+            ),
+            MIXED,
+        ),
+        Facts(
+            latest_builds={WORKSPACE: RUNNING}, agents_seen_at={AGENT: NOW - timedelta(seconds=5)}
+        ),
+    ),
+    "stopping_bound": (
+        Chat(
+            _row(
+                State.STOPPING,
+                bound=True,
+                job_id=JOB_STOP,
+                build_id=BUILD_STOP,
+                command_id=BUILD_COMMAND,
+                deadline_at=DUE,
+            ),
+            MIXED,
+        ),
+        Facts(),
+    ),
+    "failed_stop_timed_out": (
+        Chat(
+            _row(
+                State.FAILED,
+                bound=True,
+                job_id=JOB_STOP,
+                build_id=BUILD_STOP,
+                last_error=decide.BUILD_TIMED_OUT,
+            )
+        ),
+        Facts(),
+    ),
+    "stopped": (
+        Chat(_row(State.STOPPED, bound=True, job_id=JOB_STOP, build_id=BUILD_STOP)),
+        Facts(latest_builds={WORKSPACE: _built("stop", JOB_STOP)}),
     ),
 }
 
@@ -147,6 +245,8 @@ def _rejected(command_id: str) -> Callable[[ChatWorkspace], ev.Event]:
     return lambda _row: ev.CreateRejected("event-rejected", command_id, CHAT, REJECTION)
 
 
+START_CALL = ev.ToolCall("event-start", NEW_START, CHAT, OWNER, "", None, (), None, Tool.START)
+STOP_CALL = ev.ToolCall("event-stop", NEW_STOP, CHAT, OWNER, "", None, (), None, Tool.STOP)
 TOOL_CALL = ev.ToolCall(
     "event-call",
     NEW_CALL,
@@ -177,7 +277,27 @@ EVENTS: dict[str, Callable[[ChatWorkspace], ev.Event]] = {
     "job_failed_without_error": _changed(_job("failed")),
     "job_canceled": _changed(_job("canceled")),
     "delete_succeeded": _changed(_job("succeeded", transition="delete", job_id="job-delete")),
-    "stop_succeeded": _changed(_job("succeeded", transition="stop", job_id="job-stop")),
+    "stop_running": _changed(_job("running", transition="stop", job_id=JOB_STOP)),
+    "stop_succeeded": _changed(_job("succeeded", transition="stop", job_id=JOB_STOP)),
+    "stop_failed": _changed(_job("failed", transition="stop", job_id=JOB_STOP, error=JOB_ERROR)),
+    "stop_canceled": _changed(_job("canceled", transition="stop", job_id=JOB_STOP)),
+    "next_stop_running": _changed(_job("running", transition="stop", job_id="job-stop-2")),
+    "start_running": _changed(_job("running", job_id=JOB_START)),
+    "start_succeeded": _changed(
+        _job("succeeded", job_id=JOB_START, agents=(Agent(NEW_AGENT, "main"),))
+    ),
+    "start_call": lambda _row: START_CALL,
+    "stop_call": lambda _row: STOP_CALL,
+    "stop_queued": lambda _row: ev.BuildQueued(
+        "event-queued", BUILD_COMMAND, CHAT, WORKSPACE, "stop", BUILD_STOP, JOB_STOP
+    ),
+    "start_queued": lambda _row: ev.BuildQueued(
+        "event-queued", BUILD_COMMAND, CHAT, WORKSPACE, "start", BUILD_START, JOB_START
+    ),
+    "build_refused": lambda _row: ev.BuildRejected(
+        "event-refused", BUILD_COMMAND, CHAT, 403, REFUSAL
+    ),
+    "build_busy": lambda _row: ev.BuildRejected("event-busy", BUILD_COMMAND, CHAT, 409, BUSY),
     "agent_seen": lambda _row: ev.AgentSeen("event-seen", AGENT, NOW),
     "other_agent_seen": lambda _row: ev.AgentSeen("event-seen-other", OTHER_AGENT, NOW),
     "timer_current": lambda row: ev.TimerFired("event-timer", CHAT, row.version),
@@ -231,6 +351,26 @@ class Expect:
     answers: Mapping[str, tuple[bool, Mapping[str, Any]]] = field(default_factory=dict)
     waits: Mapping[str, bool] = field(default_factory=dict)  # tool_call_id -> creator
     creates: bool = False
+    builds: tuple[str, ...] = ()  # transitions of the start or stop commands sent
+
+
+# The tool of each call the events make.
+TOOLS = {NEW_START: Tool.START, NEW_STOP: Tool.STOP, STARTER: Tool.START, STOPPER: Tool.STOP}
+STOPPED_ANSWER = _ok(results.existing(FULL_NAME, "stopped", results.STOPPED))
+NO_WORKSPACE = _error(results.NO_WORKSPACE)
+WORKSPACE_GONE = _error(results.WORKSPACE_GONE)
+
+
+def _started(build_id: str | None, agent_status: str | None = None) -> tuple[bool, dict[str, Any]]:
+    return _ok(results.started(FULL_NAME, build_id, agent_status))
+
+
+def _stopped(build_id: str | None) -> tuple[bool, dict[str, Any]]:
+    return _ok(results.stopped(FULL_NAME, build_id))
+
+
+def _build_error(prefix: str, reason: str, build_id: str | None) -> tuple[bool, dict[str, Any]]:
+    return True, results.build_error(prefix + reason, build_id)
 
 
 CREATES = Expect(State.CREATING, waits={NEW_CALL: True}, creates=True)
@@ -311,6 +451,222 @@ EXPECTED: dict[tuple[str, str], Expect] = {
         ),
     ),
 }
+# start_workspace and stop_workspace ----------------------------------------------------
+
+# Builds nobody asked for are followed from every bound state (build_started).
+FOLLOWED = {
+    "stop_running": Expect(State.STOPPING),
+    "next_stop_running": Expect(State.STOPPING),
+    "stop_succeeded": Expect(State.STOPPED),
+    "stop_failed": Expect(State.FAILED),
+    "stop_canceled": Expect(State.FAILED),
+    "start_running": Expect(State.BUILDING),
+    "start_succeeded": Expect(State.AGENT_WAITING),
+}
+for _kind in ("ready", "ready_agent_gone", "failed", "failed_build_timed_out"):
+    EXPECTED |= {(_kind, event): expect for event, expect in FOLLOWED.items()}
+for _kind in ("building", "agent_waiting"):
+    # The create's calls: a stop that ends it answers them as R7, a failure as R5.
+    EXPECTED |= {
+        (_kind, "stop_running"): Expect(State.STOPPING),
+        (_kind, "stop_succeeded"): Expect(
+            State.STOPPED, dict.fromkeys(WAITERS_IDS, STOPPED_ANSWER)
+        ),
+        (_kind, "stop_failed"): Expect(State.FAILED, _build_failed(JOB_ERROR)),
+        (_kind, "stop_canceled"): Expect(State.FAILED, _build_failed("build was canceled")),
+        (_kind, "next_stop_running"): Expect(State.STOPPING),
+        (_kind, "start_running"): Expect(State.BUILDING),
+        (_kind, "start_succeeded"): Expect(State.AGENT_WAITING),
+        (_kind, "start_call"): Expect(State(_kind), waits={NEW_START: False}),
+        (_kind, "stop_call"): Expect(State(_kind), waits={NEW_STOP: False}),
+    }
+EXPECTED |= {
+    # No workspace: Coder's own errors.
+    **{
+        (kind, call): Expect(state, {call_id: NO_WORKSPACE})
+        for kind, state in (
+            ("none", State.NONE),
+            ("none_after_delete", State.NONE),
+            ("failed_create_timed_out", State.FAILED),
+        )
+        for call, call_id in (("start_call", NEW_START), ("stop_call", NEW_STOP))
+    },
+    ("none_deleted", "tool_call"): CREATES,
+    ("none_deleted", "start_call"): Expect(State.NONE, {NEW_START: WORKSPACE_GONE}),
+    ("none_deleted", "stop_call"): Expect(State.NONE, {NEW_STOP: WORKSPACE_GONE}),
+    # While the create runs, start and stop wait for it.
+    ("creating", "start_call"): Expect(State.CREATING, waits={NEW_START: False}),
+    ("creating", "stop_call"): Expect(State.CREATING, waits={NEW_STOP: False}),
+    # Running: a start answers at once, or waits for a silent agent; a stop asks Coder.
+    ("ready", "start_call"): Expect(State.READY, {NEW_START: _started(None)}),
+    ("ready", "stop_call"): Expect(State.STOPPING, waits={NEW_STOP: False}, builds=("stop",)),
+    ("ready_agent_gone", "start_call"): Expect(State.AGENT_WAITING, waits={NEW_START: False}),
+    ("ready_agent_gone", "stop_call"): Expect(
+        State.STOPPING, waits={NEW_STOP: False}, builds=("stop",)
+    ),
+    # Failed: Coder's tools try anyway.
+    ("failed", "start_call"): Expect(State.BUILDING, waits={NEW_START: False}, builds=("start",)),
+    ("failed", "stop_call"): Expect(State.STOPPING, waits={NEW_STOP: False}, builds=("stop",)),
+    ("failed_build_timed_out", "start_call"): Expect(
+        State.BUILDING, waits={NEW_START: False}, builds=("start",)
+    ),
+    ("failed_build_timed_out", "stop_call"): Expect(
+        State.STOPPING, waits={NEW_STOP: False}, builds=("stop",)
+    ),
+    # Stopped: a stop answers at once, a start asks Coder, a create is told R7.
+    ("stopped", "tool_call"): Expect(State.STOPPED, {NEW_CALL: STOPPED_ANSWER}),
+    ("stopped", "stop_call"): Expect(State.STOPPED, {NEW_STOP: _stopped(None)}),
+    ("stopped", "start_call"): Expect(State.BUILDING, waits={NEW_START: False}, builds=("start",)),
+    ("stopped", "delete_succeeded"): Expect(State.NONE),
+    ("stopped", "start_running"): Expect(State.BUILDING),
+    ("stopped", "start_succeeded"): Expect(State.AGENT_WAITING),
+    ("stopped", "job_pending"): Expect(State.BUILDING),
+    ("stopped", "job_running"): Expect(State.BUILDING),
+    ("stopped", "job_canceling"): Expect(State.BUILDING),
+    ("stopped", "job_succeeded_with_agents"): Expect(State.AGENT_WAITING),
+    ("stopped", "job_succeeded_without_agents"): Expect(State.READY),
+    ("stopped", "job_failed"): Expect(State.FAILED),
+    ("stopped", "job_failed_without_error"): Expect(State.FAILED),
+    ("stopped", "job_canceled"): Expect(State.FAILED),
+    ("stopped", "next_stop_running"): Expect(State.STOPPING),
+    # A stop build that succeeds after its timer failed the chat is bound after all.
+    ("failed_stop_timed_out", "stop_succeeded"): Expect(State.STOPPED),
+    ("failed_stop_timed_out", "tool_call"): CREATES,
+    ("failed_stop_timed_out", "start_call"): Expect(
+        State.BUILDING, waits={NEW_START: False}, builds=("start",)
+    ),
+    ("failed_stop_timed_out", "stop_call"): Expect(
+        State.STOPPING, waits={NEW_STOP: False}, builds=("stop",)
+    ),
+    ("failed_stop_timed_out", "delete_succeeded"): Expect(State.NONE),
+    ("failed_stop_timed_out", "next_stop_running"): Expect(State.STOPPING),
+    ("failed_stop_timed_out", "start_running"): Expect(State.BUILDING),
+    ("failed_stop_timed_out", "start_succeeded"): Expect(State.AGENT_WAITING),
+    ("failed_stop_timed_out", "job_pending"): Expect(State.BUILDING),
+    ("failed_stop_timed_out", "job_running"): Expect(State.BUILDING),
+    ("failed_stop_timed_out", "job_canceling"): Expect(State.BUILDING),
+    ("failed_stop_timed_out", "job_succeeded_with_agents"): Expect(State.AGENT_WAITING),
+    ("failed_stop_timed_out", "job_succeeded_without_agents"): Expect(State.READY),
+    ("failed_stop_timed_out", "job_failed"): Expect(State.FAILED),
+    ("failed_stop_timed_out", "job_failed_without_error"): Expect(State.FAILED),
+    ("failed_stop_timed_out", "job_canceled"): Expect(State.FAILED),
+}
+
+
+def _mixed(row_kind: str, state: State, build: str | None) -> dict[tuple[str, str], Expect]:
+    """
+    Return what a create, a start and a stop call waiting on a start or stop get, event by event.
+
+    ``build`` is the build bound before the event; a start build that ends
+    answers the create and the start and then asks for the stop; a stop
+    build that ends answers the create and the stop and then asks for the start.
+    """
+    after_start = {OTHER: ALREADY_BUILT}
+    start_failed = {OTHER: _error(f"existing workspace build failed: {JOB_ERROR}")}
+
+    def stopping_next(answers: dict[str, Any]) -> Expect:
+        return Expect(State.STOPPING, answers, builds=("stop",))
+
+    def building_next(answers: dict[str, Any]) -> Expect:
+        return Expect(State.BUILDING, answers, builds=("start",))
+
+    def start_error(reason: str) -> dict[str, Any]:
+        return {
+            OTHER: _error(f"existing workspace build failed: {reason}"),
+            STARTER: _build_error(results.START_BUILD_FAILED, reason, BUILD),
+        }
+
+    found = {
+        "tool_call": Expect(state, waits={NEW_CALL: False}),
+        "start_call": Expect(state, waits={NEW_START: False}),
+        "stop_call": Expect(state, waits={NEW_STOP: False}),
+        "job_pending": Expect(State.BUILDING),
+        "job_running": Expect(State.BUILDING),
+        "job_canceling": Expect(State.BUILDING),
+        "job_succeeded_without_agents": stopping_next(
+            after_start | {STARTER: _started(BUILD, "no_agent")}
+        ),
+        "job_failed": stopping_next(start_error(JOB_ERROR)),
+        "job_failed_without_error": stopping_next(start_error("build failed")),
+        "job_canceled": stopping_next(start_error("build was canceled")),
+        "delete_succeeded": Expect(
+            State.NONE,
+            {
+                OTHER: _error("existing workspace build failed: workspace was deleted"),
+                STARTER: WORKSPACE_GONE,
+                STOPPER: WORKSPACE_GONE,
+            },
+        ),
+        "stop_running": Expect(State.STOPPING),
+        "next_stop_running": Expect(State.STOPPING),
+        "stop_succeeded": building_next({OTHER: STOPPED_ANSWER, STOPPER: _stopped(build)}),
+        "stop_canceled": building_next(
+            {
+                OTHER: _error("existing workspace build failed: build was canceled"),
+                STOPPER: _build_error(results.STOP_BUILD_FAILED, "build was canceled", build),
+            }
+        ),
+        "stop_failed": building_next(
+            start_failed | {STOPPER: _build_error(results.STOP_BUILD_FAILED, JOB_ERROR, build)}
+        ),
+        "start_running": Expect(State.BUILDING),
+        "start_succeeded": Expect(State.AGENT_WAITING),
+    }
+    return {(row_kind, event): expect for event, expect in found.items()}
+
+
+TIMED_OUT = "timed out waiting for workspace build"
+EXPECTED |= _mixed("building_start", State.BUILDING, BUILD) | {
+    ("building_start", "job_succeeded_with_agents"): Expect(State.AGENT_WAITING),
+    ("building_start", "start_queued"): Expect(State.BUILDING),
+    ("building_start", "stop_running"): Expect(State.STOPPING),
+    # Refused: the start gets Coder's response; the workspace is still stopped.
+    ("building_start", "build_refused"): Expect(
+        State.STOPPED,
+        {STARTER: _error(REFUSAL), OTHER: STOPPED_ANSWER, STOPPER: _stopped(None)},
+    ),
+    ("building_start", "timer_current"): Expect(
+        State.STOPPING,
+        {
+            OTHER: _error(f"existing workspace build failed: {TIMED_OUT}"),
+            STARTER: _build_error(results.START_BUILD_FAILED, TIMED_OUT, None),
+        },
+        builds=("stop",),
+    ),
+}
+EXPECTED |= _mixed("stopping", State.STOPPING, BUILD) | {
+    # The newest build is a start whose agent already beat: ready, then the stop.
+    ("stopping", "job_succeeded_with_agents"): Expect(
+        State.STOPPING, {OTHER: ALREADY_BUILT, STARTER: _started(BUILD)}, builds=("stop",)
+    ),
+    ("stopping", "stop_queued"): Expect(State.STOPPING),
+    # Refused: the stop gets Coder's response; the workspace still runs.
+    ("stopping", "build_refused"): Expect(
+        State.READY, {STOPPER: _error(REFUSAL), OTHER: ALREADY_BUILT, STARTER: _started(None)}
+    ),
+    ("stopping", "timer_current"): Expect(
+        State.BUILDING,
+        {
+            OTHER: _error(f"existing workspace build failed: {TIMED_OUT}"),
+            STOPPER: _build_error(results.STOP_BUILD_FAILED, TIMED_OUT, None),
+        },
+        builds=("start",),
+    ),
+}
+EXPECTED |= _mixed("stopping_bound", State.STOPPING, BUILD_STOP) | {
+    ("stopping_bound", "job_succeeded_with_agents"): Expect(State.AGENT_WAITING),
+    ("stopping_bound", "stop_running"): Expect(State.STOPPING),
+    ("stopping_bound", "timer_current"): Expect(
+        State.BUILDING,
+        {
+            OTHER: _error(f"existing workspace build failed: {TIMED_OUT}"),
+            STOPPER: _build_error(results.STOP_BUILD_FAILED, TIMED_OUT, BUILD_STOP),
+        },
+        builds=("start",),
+    ),
+}
+del EXPECTED["stopping_bound", "stop_running"]  # already bound and running: nothing changes
+
 # R1, R15: an invalid call gets its error in every state and changes nothing.
 for _kind, (_chat, _) in ROWS.items():
     EXPECTED[_kind, "invalid_tool_call"] = Expect(
@@ -327,7 +683,13 @@ def _context(facts: Facts, now: datetime = NOW) -> decide.Context:
 
 def _decide(row_kind: str, event_kind: str) -> tuple[Chat, decide.Decision]:
     chat, facts = ROWS[row_kind]
-    return chat, decide.decide(chat, EVENTS[event_kind](chat.row), _context(facts))
+    event = EVENTS[event_kind](chat.row)
+    if isinstance(event, ev.JobChanged):
+        # As the handler loads it: the update just saved is its workspace's newest build.
+        facts = dataclasses.replace(
+            facts, latest_builds={**facts.latest_builds, event.job.workspace_id: event.job}
+        )
+    return chat, decide.decide(chat, event, _context(facts))
 
 
 def _of(kind: type[E], decision: decide.Decision) -> list[E]:
@@ -342,6 +704,10 @@ def _answers(decision: decide.Decision) -> dict[str, tuple[bool, Mapping[str, An
 
 def _creates(decision: decide.Decision) -> list[effects.Publish]:
     return [p for p in _of(effects.Publish, decision) if p.ce_type == decide.CREATE_COMMAND]
+
+
+def _builds(decision: decide.Decision) -> list[effects.Publish]:
+    return [p for p in _of(effects.Publish, decision) if p.ce_type == decide.BUILD_COMMAND]
 
 
 # Tests --------------------------------------------------------------------------
@@ -370,10 +736,16 @@ def test_each_state_and_event_give_the_spec_state_and_answers(
     waits = {w.tool_call_id: w.creator for w in _of(effects.Wait, decision)}
     assert waits == expect.waits
     assert len(_creates(decision)) == int(expect.creates)
+    assert tuple(p.data["transition"] for p in _builds(decision)) == expect.builds
     answered = set(expect.answers)
     kept = [w for w in chat.waiters if w.tool_call_id not in answered]
-    new = [Waiter(call, creator=creator) for call, creator in expect.waits.items()]
+    new = [
+        Waiter(call, creator=creator, tool=TOOLS.get(call, Tool.CREATE))
+        for call, creator in expect.waits.items()
+    ]
     assert list(decision.chat.waiters) == kept + new
+    for answer in _of(effects.Answer, decision):
+        assert answer.tool == TOOLS.get(answer.tool_call_id, Tool.CREATE)
 
 
 @pytest.mark.parametrize(("row_kind", "event_kind"), PAIRS)
@@ -387,22 +759,28 @@ def test_each_state_change_is_recorded_once_with_the_next_version_and_published(
     if not records:
         assert after.state == before.state
         return
-    (record,) = records
-    assert (record.trigger, record.from_state, record.to_state) in machine.allowed()
-    assert (record.from_state, record.to_state) == (before.state, after.state)
-    assert record.version == after.version
+    state = before.state
+    expected = []
+    for version, record in enumerate(records, start=before.version + 1):
+        assert (record.trigger, record.from_state, record.to_state) in machine.allowed()
+        assert record.from_state == state
+        assert record.version == version
+        types = [decide.STATE_CHANGED]
+        if record.to_state != state and record.to_state in {State.READY, State.FAILED}:
+            ready = record.to_state == State.READY
+            types.append(decide.READY_EVENT if ready else decide.FAILED_EVENT)
+        expected += [
+            (t, ids.workspace_event(CHAT, version, t), version, record.to_state.value)
+            for t in types
+        ]
+        state = record.to_state
+    assert state == after.state
     published = [
         (p.ce_type, p.ce_id, p.data["version"], p.data["to_state"])
         for p in _of(effects.Publish, decision)
         if p.topic == effects.Topic.WORKSPACE_EVENTS
     ]
-    types = [decide.STATE_CHANGED]
-    if after.state != before.state and after.state in {State.READY, State.FAILED}:
-        types.append(decide.READY_EVENT if after.state == State.READY else decide.FAILED_EVENT)
-    assert published == [
-        (t, ids.workspace_event(CHAT, after.version, t), after.version, after.state.value)
-        for t in types
-    ]
+    assert published == expected
 
 
 @pytest.mark.parametrize("row_kind", ["none", "failed", "ready_agent_gone"])
@@ -483,7 +861,7 @@ def test_a_timer_before_its_deadline_changes_nothing(row_kind: str) -> None:
     assert decision == decide.Decision(chat, ())
 
 
-@pytest.mark.parametrize("row_kind", ["building", "agent_waiting", "ready", "failed"])
+@pytest.mark.parametrize("row_kind", ["ready", "ready_agent_gone", "failed", "stopped"])
 def test_a_call_for_a_stopped_workspace_is_answered_stopped_and_creates_nothing(
     row_kind: str,
 ) -> None:
@@ -502,6 +880,18 @@ def test_a_call_for_a_stopped_workspace_is_answered_stopped_and_creates_nothing(
             }
         )
     }
+
+
+@pytest.mark.parametrize("row_kind", ["building", "agent_waiting", "stopping"])
+def test_a_call_while_a_build_runs_waits_for_it_even_when_a_stop_is_the_newest_build(
+    row_kind: str,
+) -> None:
+    chat, facts = ROWS[row_kind]
+    stop = _job("succeeded", transition="stop", job_id="job-stop")
+    facts = dataclasses.replace(facts, latest_builds={WORKSPACE: stop})
+    decision = decide.decide(chat, TOOL_CALL, _context(facts))
+    assert _answers(decision) == {}
+    assert [w.tool_call_id for w in _of(effects.Wait, decision)] == [NEW_CALL]
 
 
 def test_a_ready_workspace_without_agent_answers_already_running() -> None:
@@ -571,6 +961,33 @@ def _script_decisions() -> list[decide.Decision]:
         _scripts(SCRIPTS_RUNNING_CHAT, _seen("ready")),
         _scripts(SCRIPTS_RUNNING_CHAT, _seen("start_error")),
         _scripts(SCRIPTS_RUNNING_CHAT, timer),
+        *_start_stop_decisions(),
+    ]
+
+
+def _start_stop_decisions() -> list[decide.Decision]:
+    """
+    Return the start and stop decisions the table's rows do not reach, for the coverage test.
+    """
+    failed_build = dataclasses.replace(RUNNING, status="failed", error=JOB_ERROR)
+    unseen = Facts(latest_builds={WORKSPACE: RUNNING})
+    building_start, _ = ROWS["building_start"]
+    stopping, _ = ROWS["stopping"]
+    ready, ready_facts = ROWS["ready"]
+    waiting, _ = ROWS["agent_waiting"]
+    after_agent_timer = Chat(dataclasses.replace(waiting.row, deadline_at=None))
+    stop_stopped = Facts(latest_builds={WORKSPACE: STOPPED_BUILD})
+    refused = EVENTS["build_refused"](building_start.row)
+    return [
+        decide.decide(building_start, refused, _context(Facts({}, {}, {WORKSPACE: failed_build}))),
+        decide.decide(stopping, refused, _context(Facts({}, {}, {WORKSPACE: failed_build}))),
+        decide.decide(stopping, refused, _context(unseen)),
+        decide.decide(
+            ready,
+            START_CALL,
+            _context(dataclasses.replace(ready_facts, latest_builds=stop_stopped.latest_builds)),
+        ),
+        decide.decide(after_agent_timer, STOP_CALL, _context(Facts())),
     ]
 
 

@@ -85,6 +85,14 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "arguments": {"template_id": TEMPLATE, "name": None, "parameters": None},
             "template_name": None,
         },
+        {
+            "tool_call_id": "call_05",
+            "chat_id": CHAT,
+            "owner_id": OWNER,
+            "tool": "stop_workspace",
+            "arguments": {},
+        },
+        {"tool_call_id": "call_06", "chat_id": CHAT, "owner_id": OWNER, "tool": "start_workspace"},
     ],
     "chat.tool_result.v1": [
         {
@@ -112,6 +120,20 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "tool": "create_workspace",
             "is_error": True,
             "content": {"error": "template_id is required; use list_templates to find one"},
+        },
+        {
+            "tool_call_id": "call_05",
+            "chat_id": CHAT,
+            "tool": "stop_workspace",
+            "is_error": False,
+            "content": {"stopped": True, "workspace_name": "alice/dev-1a2b", "build_id": BUILD},
+        },
+        {
+            "tool_call_id": "call_06",
+            "chat_id": CHAT,
+            "tool": "start_workspace",
+            "is_error": False,
+            "content": {"started": True, "workspace_name": "alice/dev-1a2b", "no_build": True},
         },
     ],
     "chat.workspace.state_changed.v1": [
@@ -174,6 +196,29 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         },
         {"command_id": COMMAND, "chat_id": CHAT, "message": "Internal error."},
     ],
+    "coder.workspace.build.v1": [
+        {"command_id": COMMAND, "chat_id": CHAT, "workspace_id": WORKSPACE, "transition": "stop"},
+    ],
+    "coder.workspace.build_queued.v1": [
+        {
+            "command_id": COMMAND,
+            "chat_id": CHAT,
+            "workspace_id": WORKSPACE,
+            "transition": "start",
+            "build_id": BUILD,
+            "job_id": JOB,
+        },
+    ],
+    "coder.workspace.build_rejected.v1": [
+        {
+            "command_id": COMMAND,
+            "chat_id": CHAT,
+            "status_code": 409,
+            "message": "A workspace build is already active.",
+            "detail": "A workspace build is already active.",
+        },
+        {"command_id": COMMAND, "chat_id": CHAT, "message": "Forbidden."},
+    ],
     "coder.provisioner_job.updated.v1": [
         {
             "job_id": JOB,
@@ -221,6 +266,15 @@ INVALID: dict[str, dict[str, Any]] = {
     },
     "coder.workspace.created.v1": {**EXAMPLES["coder.workspace.created.v1"][0], "owner_name": ""},
     "coder.workspace.create_failed.v1": {"command_id": COMMAND, "chat_id": CHAT},
+    "coder.workspace.build.v1": {
+        **EXAMPLES["coder.workspace.build.v1"][0],
+        "transition": "delete",
+    },
+    "coder.workspace.build_queued.v1": {
+        **EXAMPLES["coder.workspace.build_queued.v1"][0],
+        "job_id": "job-1",
+    },
+    "coder.workspace.build_rejected.v1": {"command_id": COMMAND, "chat_id": CHAT, "message": ""},
     "coder.provisioner_job.updated.v1": {
         **EXAMPLES["coder.provisioner_job.updated.v1"][0],
         "status": "done",

@@ -29,6 +29,7 @@ VIEWS = (
     "workspace_stuck_chats",
     "workspace_state_durations",
     "workspace_stale_agents",
+    "outbox_parked_summary",
 )
 
 
@@ -270,7 +271,7 @@ async def test_migrating_another_database_where_the_role_exists_works_and_grants
         async with reader_login(url) as reader_url:
             conn = await asyncpg.connect(reader_url)
             try:
-                assert await conn.fetchval("SELECT count(*) FROM workspace_state_counts") == 6
+                assert await conn.fetchval("SELECT count(*) FROM workspace_state_counts") == 8
             finally:
                 await conn.close()
     finally:

@@ -1,5 +1,5 @@
 """
-One integration test (or more) per rule of the spec, R1 to R16.
+One integration test (or more) per rule of the spec, R1 to R16, and per case of start and stop.
 
 Each drives a real daemon (in this process, on real PostgreSQL and Kafka) only
 through Kafka records, and reads results from the output topics and tables.
@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.bus import Bus, new_id, workspace_for
+from tests.bus import OWNER_ID, Bus, new_id, workspace_for
 from tests.conftest import RunningDaemon
 
 
@@ -656,9 +656,11 @@ async def test_r6_r7_a_workspace_stopped_and_started_again_is_followed_not_creat
     await bus.heartbeat(new_agent, ws["workspace_id"])
     for _ in range(100):
         row = await db.fetchrow(
-            "SELECT job_id::text, agent_id::text FROM chat_workspaces WHERE chat_id = $1", chat
+            "SELECT state, job_id::text, agent_id::text FROM chat_workspaces WHERE chat_id = $1",
+            chat,
         )
-        if row["job_id"] == start_job:
+        # The chat follows the restart: stopping, stopped, building, then ready.
+        if row["job_id"] == start_job and row["state"] == "ready":
             break
         await asyncio.sleep(0.05)
     assert (row["job_id"], row["agent_id"]) == (start_job, new_agent)
@@ -666,3 +668,219 @@ async def test_r6_r7_a_workspace_stopped_and_started_again_is_followed_not_creat
     (result,) = await bus.results_for(second)
     assert result["content"]["message"] == "workspace is already running and reachable"
     assert len(bus.received["workspace_commands"]) == 1
+
+
+# Start and stop ---------------------------------------------------------------
+
+
+async def _call(bus: Bus, chat_id: str, tool: str, **extra: Any) -> str:
+    """
+    Publish a start_workspace or stop_workspace call (no arguments) and return its id.
+    """
+    call_id = f"call_{new_id()[:16]}"
+    data = {
+        "tool_call_id": call_id,
+        "chat_id": chat_id,
+        "owner_id": OWNER_ID,
+        "tool": tool,
+        "arguments": {},
+    } | extra
+    await bus.publish("tool_calls", chat_id, "chat.tool_call.v1", data)
+    return call_id
+
+
+async def _build_command(bus: Bus, chat_id: str, count: int) -> dict[str, Any]:
+    found = await bus.wait_for(
+        "workspace_commands",
+        lambda r: r.data["chat_id"] == chat_id and r.ce_type == "coder.workspace.build.v1",
+        count=count,
+    )
+    return found[count - 1].data
+
+
+async def _queued(bus: Bus, command: dict[str, Any]) -> dict[str, str]:
+    """
+    Answer a build command as Coder does: queued, with a new build and job.
+    """
+    data = command | {"build_id": new_id(), "job_id": new_id()}
+    await bus.publish(
+        "workspace_command_results", command["chat_id"], "coder.workspace.build_queued.v1", data
+    )
+    return data
+
+
+async def _ready_chat(bus: Bus) -> tuple[str, dict[str, str]]:
+    chat = new_id()
+    call = await bus.tool_call(chat, name="dev")
+    return chat, await _build_until_ready(bus, chat, call)
+
+
+async def test_start_stop_without_a_workspace_answers_use_create_workspace_first(
+    bus: Bus, running: RunningDaemon
+) -> None:
+    chat = new_id()
+    start = await _call(bus, chat, "start_workspace")
+    stop = await _call(bus, chat, "stop_workspace")
+    for call, tool in ((start, "start_workspace"), (stop, "stop_workspace")):
+        (result,) = await bus.results_for(call)
+        assert result["tool"] == tool
+        assert result["is_error"] is True
+        assert result["content"] == {"error": "chat has no workspace; use create_workspace first"}
+    assert bus.received["workspace_commands"] == []
+
+
+async def test_start_stop_a_stop_then_a_start_answer_with_coders_shapes_and_build_ids(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
+    chat, ws = await _ready_chat(bus)
+    stop = await _call(bus, chat, "stop_workspace")
+    command = await _build_command(bus, chat, 1)
+    assert command == {
+        "command_id": command["command_id"],
+        "chat_id": chat,
+        "workspace_id": ws["workspace_id"],
+        "transition": "stop",
+    }
+    queued = await _queued(bus, command)
+    stop_build = ws | {"build_id": queued["build_id"]}
+    await bus.job(stop_build, "succeeded", transition="stop", job_id=queued["job_id"])
+    (stopped,) = await bus.results_for(stop)
+    assert stopped["tool"] == "stop_workspace"
+    assert stopped["content"] == {
+        "stopped": True,
+        "workspace_name": "alice/dev",
+        "build_id": queued["build_id"],
+    }
+    assert await _state(db, chat) == "stopped"
+    again = await _call(bus, chat, "stop_workspace")
+    (at_once,) = await bus.results_for(again)
+    assert at_once["content"] == {"stopped": True, "workspace_name": "alice/dev", "no_build": True}
+    create = await bus.tool_call(chat)
+    (told,) = await bus.results_for(create)
+    assert told["content"]["message"] == "workspace is stopped; use start_workspace to start it"
+    start = await _call(bus, chat, "start_workspace")
+    command = await _build_command(bus, chat, 2)
+    assert command["transition"] == "start"
+    queued = await _queued(bus, command)
+    agent = new_id()
+    start_build = ws | {"build_id": queued["build_id"]}
+    await bus.job(start_build, "succeeded", job_id=queued["job_id"], agents=[agent])
+    await bus.wait_for(
+        "workspace_events",
+        lambda r: r.data["to_state"] == "agent_waiting" and r.data["agent_id"] == agent,
+    )
+    await bus.heartbeat(agent, ws["workspace_id"])
+    (started,) = await bus.results_for(start)
+    assert started["tool"] == "start_workspace"
+    assert started["content"] == {
+        "started": True,
+        "workspace_name": "alice/dev",
+        "build_id": queued["build_id"],
+    }
+    states = [
+        (r.data["trigger"], r.data["to_state"])
+        for r in bus.events_for(chat)
+        if r.ce_type.endswith("state_changed.v1")
+    ]
+    assert states[-5:] == [
+        ("stop_requested", "stopping"),
+        ("build_succeeded", "stopped"),
+        ("start_requested", "building"),
+        ("build_succeeded", "agent_waiting"),
+        ("agent_connected", "ready"),
+    ]
+
+
+async def test_start_stop_a_failed_stop_build_answers_workspace_stop_build_failed(
+    bus: Bus, running: RunningDaemon
+) -> None:
+    chat, ws = await _ready_chat(bus)
+    stop = await _call(bus, chat, "stop_workspace")
+    queued = await _queued(bus, await _build_command(bus, chat, 1))
+    build = ws | {"build_id": queued["build_id"]}
+    await bus.job(build, "failed", transition="stop", job_id=queued["job_id"], error="boom")
+    (result,) = await bus.results_for(stop)
+    assert result["is_error"] is True
+    assert result["content"] == {
+        "error": "workspace stop build failed: boom",
+        "build_id": queued["build_id"],
+    }
+
+
+async def test_start_stop_coders_refusal_is_the_error_and_the_workspace_stays_ready(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
+    chat, _ = await _ready_chat(bus)
+    stop = await _call(bus, chat, "stop_workspace")
+    command = await _build_command(bus, chat, 1)
+    await bus.publish(
+        "workspace_command_results",
+        chat,
+        "coder.workspace.build_rejected.v1",
+        {
+            "command_id": command["command_id"],
+            "chat_id": chat,
+            "status_code": 403,
+            "message": "Forbidden.",
+            "detail": "not yours",
+        },
+    )
+    (result,) = await bus.results_for(stop)
+    assert result["content"] == {"error": "Forbidden.: not yours"}
+    await bus.wait_for("workspace_events", lambda r: r.data["trigger"] == "build_rejected")
+    assert await _state(db, chat) == "ready"
+
+
+async def test_start_stop_calls_of_three_tools_waiting_on_one_build_each_get_their_answer(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
+    chat = new_id()
+    create = await bus.tool_call(chat, name="dev")
+    (command,) = await bus.command_for(chat)
+    ws = await bus.created(command)
+    await bus.wait_for("workspace_events", lambda r: r.data["to_state"] == "building")
+    stop = await _call(bus, chat, "stop_workspace")
+    start = await _call(bus, chat, "start_workspace")
+    await _waiting(db, chat, 3)
+    agent = new_id()
+    await bus.job(ws, "succeeded", agents=[agent])
+    await bus.heartbeat(agent, ws["workspace_id"])
+    (created,) = await bus.results_for(create)
+    (started,) = await bus.results_for(start)
+    assert created["content"] == {"created": True, "workspace_name": "alice/dev"}
+    assert started["content"] == {
+        "started": True,
+        "workspace_name": "alice/dev",
+        "build_id": ws["build_id"],
+    }
+    # Then, and only then, the stop: one command, after the create's build.
+    command = await _build_command(bus, chat, 1)
+    assert command["transition"] == "stop"
+    queued = await _queued(bus, command)
+    build = ws | {"build_id": queued["build_id"]}
+    await bus.job(build, "succeeded", transition="stop", job_id=queued["job_id"])
+    (stopped,) = await bus.results_for(stop)
+    assert stopped["content"]["stopped"] is True
+    assert len([r for r in bus.received["tool_results"] if r.data["chat_id"] == chat]) == 3
+
+
+async def test_r12_a_heartbeat_before_a_followed_start_build_makes_the_chat_ready_at_once(
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
+) -> None:
+    chat, ws = await _ready_chat(bus)
+    stop_job, start_job, new_agent = new_id(), new_id(), new_id()
+    await bus.job(ws, "succeeded", transition="stop", job_id=stop_job)
+    await bus.wait_for("workspace_events", lambda r: r.data["to_state"] == "stopped")
+    # The new build's agent beats before its job update arrives (another topic).
+    await bus.heartbeat(new_agent, ws["workspace_id"])
+    seen = "SELECT count(*) FROM agents WHERE agent_id = $1"
+    for _ in range(100):
+        if await db.fetchval(seen, new_agent):
+            break
+        await asyncio.sleep(0.05)
+    await bus.job(ws, "succeeded", job_id=start_job, agents=[new_agent])
+    await bus.wait_for(
+        "workspace_events",
+        lambda r: r.data["to_state"] == "ready" and r.data["agent_id"] == new_agent,
+    )
+    assert await _state(db, chat) == "ready"

@@ -7,7 +7,7 @@
 SELECT state, chats
 FROM workspace_state_counts
 ORDER BY array_position(
-    ARRAY['none', 'creating', 'building', 'agent_waiting', 'ready', 'failed'], state);
+    ARRAY['none', 'creating', 'building', 'agent_waiting', 'ready', 'stopping', 'stopped', 'failed'], state);
 
 -- name: dashboard_stuck
 -- $1: at most this many rows, the most overdue first; `total` counts them all.
@@ -23,7 +23,7 @@ LIMIT $1;
 SELECT state, samples, p50_seconds::float8 AS p50_s, p95_seconds::float8 AS p95_s
 FROM workspace_state_durations
 ORDER BY array_position(
-    ARRAY['none', 'creating', 'building', 'agent_waiting', 'ready', 'failed'], state);
+    ARRAY['none', 'creating', 'building', 'agent_waiting', 'ready', 'stopping', 'stopped', 'failed'], state);
 
 -- name: dashboard_stale_agents
 -- $1: at most this many rows, never-seen agents first, then the longest silent.

@@ -87,7 +87,8 @@ ORDER BY chat_id FOR UPDATE;
 -- The calls waiting on chats this transaction has locked, oldest first.
 SELECT chat_id::text,
        array_agg(tool_call_id ORDER BY received_at, tool_call_id) AS tool_call_ids,
-       array_agg(creator ORDER BY received_at, tool_call_id) AS creators
+       array_agg(creator ORDER BY received_at, tool_call_id) AS creators,
+       array_agg(tool ORDER BY received_at, tool_call_id) AS tools
 FROM tool_calls WHERE chat_id = ANY($1::uuid[]) AND answered_at IS NULL
 GROUP BY chat_id;
 
@@ -126,10 +127,10 @@ WITH chats AS (
     RETURNING 1
 ), calls AS (
     INSERT INTO tool_calls
-        (tool_call_id, chat_id, creator, event_id, received_at, answered_at, answer)
-    SELECT i, c, w, e, r, a, n::jsonb
+        (tool_call_id, chat_id, creator, event_id, received_at, answered_at, answer, tool)
+    SELECT i, c, w, e, r, a, n::jsonb, t
     FROM unnest($28::text[], $29::uuid[], $30::bool[], $31::text[], $32::timestamptz[],
-                $33::timestamptz[], $34::text[]) AS x(i, c, w, e, r, a, n)
+                $33::timestamptz[], $34::text[], $42::text[]) AS x(i, c, w, e, r, a, n, t)
     ON CONFLICT (tool_call_id) DO UPDATE SET
         answered_at = coalesce(tool_calls.answered_at, excluded.answered_at),
         answer = coalesce(tool_calls.answer, excluded.answer)
