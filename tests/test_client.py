@@ -178,3 +178,29 @@ async def test_events_without_follow_list_what_the_topic_holds_and_end(
     assert {e.chat_id for e in seen} == set(chats)
     assert all(e.to_state == "creating" for e in seen)
     assert len(ids) == 3
+
+
+async def test_client_start_and_stop_answer_on_a_chat_without_workspace(
+    conf: Settings, running: RunningDaemon
+) -> None:
+    chat = new_id()
+    async with client.WorkspaceClient(conf.kafka_config()) as calls:
+        started = await calls.start_workspace(chat, OWNER_ID, timeout_s=30)
+        stopped = await calls.stop_workspace(chat, OWNER_ID, timeout_s=30)
+    for result, tool in ((started, "start_workspace"), (stopped, "stop_workspace")):
+        assert result.tool == tool
+        assert result.is_error is True
+        assert result.content == {"error": "chat has no workspace; use create_workspace first"}
+
+
+async def test_cli_call_sends_a_stop_and_refuses_a_create_without_template(
+    conf: Settings, running: RunningDaemon
+) -> None:
+    chat = new_id()
+    args = ["call", "--tool", "stop_workspace", "--chat", chat, "--owner", OWNER_ID, "--json"]
+    done = await asyncio.to_thread(_cli, conf, *args, "--timeout", "30")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["tool"] == "stop_workspace"
+    missing = await asyncio.to_thread(_cli, conf, "call", "--chat", chat, "--owner", OWNER_ID)
+    assert missing.returncode == 2
+    assert "needs --template" in missing.stderr

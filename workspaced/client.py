@@ -172,6 +172,24 @@ class WorkspaceClient:
         )
         return await self.result(call_id, timeout_s)
 
+    async def start_workspace(
+        self, chat_id: str, owner_id: str, *, timeout_s: float | None = 900.0
+    ) -> ToolResult:
+        """
+        Call ``start_workspace`` on the chat's workspace and return its result.
+        """
+        call_id = await self.send("start_workspace", chat_id, owner_id, {})
+        return await self.result(call_id, timeout_s)
+
+    async def stop_workspace(
+        self, chat_id: str, owner_id: str, *, timeout_s: float | None = 900.0
+    ) -> ToolResult:
+        """
+        Call ``stop_workspace`` on the chat's workspace and return its result.
+        """
+        call_id = await self.send("stop_workspace", chat_id, owner_id, {})
+        return await self.result(call_id, timeout_s)
+
     async def send(  # noqa: PLR0913 - a tool call's own fields
         self,
         tool: str,

@@ -27,10 +27,16 @@ def add_parsers(sub: Any) -> None:
     """
     Add the three commands to the ``workspaced`` parser.
     """
-    call = sub.add_parser("call", help="send a create_workspace tool call and print its result")
+    call = sub.add_parser("call", help="send a tool call and print its result")
     call.add_argument("--chat", required=True, type=_uuid, help="the chat's id (UUID)")
     call.add_argument("--owner", required=True, type=_uuid, help="the owner's user id (UUID)")
-    call.add_argument("--template", required=True, help="the template id (UUID)")
+    call.add_argument(
+        "--tool",
+        default="create_workspace",
+        choices=["create_workspace", "start_workspace", "stop_workspace"],
+        help="which tool (create_workspace)",
+    )
+    call.add_argument("--template", help="the template id (UUID; create_workspace only)")
     call.add_argument("--name", help="the workspace name (Coder's rules; else one is made)")
     call.add_argument("--template-name", help="seeds a generated name when --name is absent")
     call.add_argument(
@@ -80,14 +86,19 @@ def _parameters(pairs: list[str]) -> dict[str, str] | None:
 
 
 async def _call(args: argparse.Namespace, conf: settings.Settings) -> int:
-    arguments: dict[str, Any] = {"template_id": args.template}
-    if args.name is not None:
-        arguments["name"] = args.name
-    if (parameters := _parameters(args.param)) is not None:
-        arguments["parameters"] = parameters
+    arguments: dict[str, Any] = {}
+    if args.tool == "create_workspace":
+        if args.template is None:
+            print("workspaced: create_workspace needs --template", file=sys.stderr)  # noqa: T201
+            return EXIT_USAGE
+        arguments["template_id"] = args.template
+        if args.name is not None:
+            arguments["name"] = args.name
+        if (parameters := _parameters(args.param)) is not None:
+            arguments["parameters"] = parameters
     async with client.WorkspaceClient(conf.kafka_config(), source="workspaced-cli") as calls:
         call_id = await calls.send(
-            "create_workspace",
+            args.tool,
             args.chat,
             args.owner,
             arguments,
