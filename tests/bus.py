@@ -175,6 +175,30 @@ class Bus:
         finally:
             await probe.stop()
 
+    async def settle(self, db: Any, timeout_s: float = 30.0) -> None:
+        """
+        Wait until nothing more can come: inputs committed, outbox empty, outputs read.
+
+        For assertions that something did *not* happen, instead of sleeping.
+        """
+        roles = (
+            "tool_calls",
+            "workspace_command_results",
+            "provisioner_job_updates",
+            "agent_heartbeats",
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if (
+                not await db.fetchval("SELECT count(*) FROM outbox")
+                and not await self.group_lag(self.conf.consumer_group, roles)
+                and await self.caught_up()
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon did not settle within {timeout_s} s")
+            await asyncio.sleep(0.05)
+
     async def wait_for_data(self, role: str, count: int, timeout_s: float = 20.0) -> list[Any]:
         return [r.data for r in await self.wait_for(role, count=count, timeout_s=timeout_s)]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from telemetry import metrics
 from tests.bus import OWNER_ID, Bus, new_id, workspace_for
 from tests.conftest import RunningDaemon
 
@@ -47,6 +48,15 @@ async def _waiting(db: asyncpg.Connection, chat_id: str, count: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{count} calls never waited on chat {chat_id}")
+
+
+async def _until(check: Any, what: str, timeout_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"waited {timeout_s} s for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def _state(db: asyncpg.Connection, chat_id: str) -> str:
@@ -203,7 +213,7 @@ async def test_r5_calls_while_building_create_nothing_and_each_gets_one_answer_a
     }
     assert r2["content"] == expected
     assert r3["content"] == expected
-    await asyncio.sleep(0.5)
+    await bus.settle(db)
     assert len(bus.received["workspace_commands"]) == 1
     assert len(bus.received["tool_results"]) == 3
 
@@ -253,8 +263,9 @@ async def test_r6_a_call_on_a_ready_chat_whose_agent_went_silent_creates_a_new_w
     _, bus = await daemon_with(agent_inactivity_timeout_seconds=1.0)
     chat = new_id()
     first = await bus.tool_call(chat, name="dev")
-    await _build_until_ready(bus, chat, first)
-    await asyncio.sleep(1.5)
+    ws = await _build_until_ready(bus, chat, first)
+    silent = "SELECT now() - last_seen_at > interval '1 second' FROM agents WHERE agent_id = $1"
+    await _until(lambda: db.fetchval(silent, ws["agent_id"]), "the agent to fall silent")
     await bus.tool_call(chat, name="dev")
     commands = await bus.command_for(chat, count=2)
     assert commands[0]["command_id"] != commands[1]["command_id"]
@@ -265,7 +276,7 @@ async def test_r6_a_call_on_a_ready_chat_whose_agent_went_silent_creates_a_new_w
 
 
 async def test_r7_a_call_after_a_successful_stop_build_is_told_the_workspace_is_stopped(
-    bus: Bus, running: RunningDaemon
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
 ) -> None:
     chat = new_id()
     first = await bus.tool_call(chat, name="dev")
@@ -273,7 +284,7 @@ async def test_r7_a_call_after_a_successful_stop_build_is_told_the_workspace_is_
     stop_job = new_id()
     await bus.job(ws, "running", transition="stop", job_id=stop_job)
     await bus.job(ws, "succeeded", transition="stop", job_id=stop_job)
-    await asyncio.sleep(0.5)
+    await bus.settle(db)
     second = await bus.tool_call(chat)
     (result,) = await bus.results_for(second)
     assert result["content"] == {
@@ -398,7 +409,7 @@ async def test_r11_an_agent_that_never_connects_answers_not_ready_and_a_late_hea
 
 
 async def test_r12_job_updates_and_heartbeats_before_the_workspace_is_bound_are_applied_at_binding(
-    bus: Bus, running: RunningDaemon
+    bus: Bus, running: RunningDaemon, db: asyncpg.Connection
 ) -> None:
     chat = new_id()
     call = await bus.tool_call(chat, name="dev")
@@ -407,7 +418,7 @@ async def test_r12_job_updates_and_heartbeats_before_the_workspace_is_bound_are_
     agent = new_id()
     await bus.job(ws, "succeeded", agents=[agent])
     await bus.heartbeat(agent, ws["workspace_id"])
-    await asyncio.sleep(0.5)
+    await bus.settle(db)  # both facts are stored before the workspace is bound
     data = ws | {"workspace_name": "dev", "owner_name": "alice"}
     await bus.publish("workspace_command_results", chat, "coder.workspace.created.v1", data)
     (result,) = await bus.results_for(call)
@@ -423,7 +434,7 @@ async def test_r12_a_job_never_moves_backwards(
     await bus.results_for(call)
     await bus.job(ws, "running")
     await bus.job(ws, "failed", error="late")
-    await asyncio.sleep(1.0)
+    await bus.settle(db)
     status = await db.fetchval(
         "SELECT status FROM provisioner_jobs WHERE job_id = $1", ws["job_id"]
     )
@@ -446,7 +457,7 @@ async def test_r12_an_event_seen_before_changes_nothing_and_emits_nothing(
     await bus.job(ws, "failed", error="boom", ce_id="job-1")
     await bus.results_for(call)
     await bus.job(ws, "failed", error="boom", ce_id="job-1")
-    await asyncio.sleep(1.0)
+    await bus.settle(db)
     transitions = await db.fetchval(
         "SELECT count(*) FROM workspace_transitions WHERE chat_id = $1", chat
     )
@@ -575,8 +586,13 @@ async def test_r16_while_postgresql_refuses_connections_nothing_is_acknowledged_
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
         )
+        tried = metrics.STORAGE_ERRORS.labels("unavailable")._value.get()
         call = await bus.tool_call(new_id(), template_id="")
-        await asyncio.sleep(2.0)
+
+        async def retried_twice() -> bool:
+            return metrics.STORAGE_ERRORS.labels("unavailable")._value.get() >= tried + 2
+
+        await _until(retried_twice, "the daemon to meet the outage twice")
         assert [r for r in bus.received["tool_results"] if r.data["tool_call_id"] == call] == []
         assert bus.received["dead_letters"] == [], "an outage is not the record's fault"
         await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
