@@ -140,6 +140,8 @@ async def _dev(
     ]
     if demo:
         tasks.append(asyncio.create_task(_demo(conf, stop, fake), name="demo"))
+    if conf.metrics_address:
+        _say(f"metrics     http://{conf.metrics_address}/metrics  (and /healthz, /readyz)")
     _say("workspaced  running; press Ctrl-C to stop\n")
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
