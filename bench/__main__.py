@@ -19,14 +19,14 @@ from typing import Any
 
 import psutil
 
-from bench import harness, report, scenarios
+from bench import bridge, harness, report, scenarios
 
-ALL = ("reaction", "waiting", "throughput", "heartbeats", "growth")
+ALL = ("reaction", "waiting", "throughput", "heartbeats", "growth", "bridge", "watching")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="small sizes; finishes in under 2 minutes")
+    p.add_argument("--quick", action="store_true", help="small sizes; finishes in under 3 minutes")
     p.add_argument("--only", nargs="+", choices=ALL, help="run these scenarios only")
     p.add_argument(
         "--broker", choices=("tansu", "apache"), default=None, help="default $BENCH_BROKER or tansu"
@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeats", type=int)
     p.add_argument("--growth", type=int, nargs="+", help="chats tracked at each step")
     p.add_argument("--growth-new-chats", type=int)
+    p.add_argument("--bridge-chats", type=int, help="chats per reaction row through the bridge")
+    p.add_argument("--bridge-window-s", type=float)
+    p.add_argument("--watches", type=int, help="workspaces the bridge watches")
+    p.add_argument("--idle-s", type=float, help="how long the watching bridge is measured idle")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -60,6 +64,10 @@ def _sizes(args: argparse.Namespace) -> dict[str, Any]:
         "heartbeats": 100_000 if quick else 1_000_000,
         "growth": [1000, 5000] if quick else [1000, 10_000, 100_000],
         "growth_new_chats": 1000,
+        "bridge_chats": 50 if quick else 200,
+        "bridge_window_s": 8.0 if quick else 20.0,
+        "watches": 2000 if quick else 10_000,
+        "idle_s": 10.0 if quick else 30.0,
     }
     return {
         k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()
@@ -86,7 +94,10 @@ async def _run(
         "throughput": lambda: scenarios.throughput(svc, sizes["throughput_chats"]),
         "heartbeats": lambda: scenarios.heartbeats(svc, sizes["agents"], sizes["heartbeats"]),
         "growth": lambda: scenarios.growth(svc, sizes["growth"], sizes["growth_new_chats"]),
+        "bridge": lambda: bridge.reaction(svc, sizes["bridge_chats"], sizes["bridge_window_s"]),
+        "watching": lambda: bridge.watching(svc, sizes["watches"], sizes["idle_s"]),
     }
+    tables = {"bridge": bridge.reaction_table, "watching": bridge.watching_table}
     for name in names:
         harness.say(f"\n== {name}")
         began = time.monotonic()
@@ -97,7 +108,9 @@ async def _run(
             results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
         harness.say(f"   {name} took {time.monotonic() - began:.1f} s")
         if name in results:
-            maker = getattr(report, f"{'heartbeat' if name == 'heartbeats' else name}_table")
+            maker = tables.get(name) or getattr(
+                report, f"{'heartbeat' if name == 'heartbeats' else name}_table"
+            )
             harness.say("\n" + maker(results[name]))
 
 
@@ -140,6 +153,8 @@ def main() -> int:
         f" {results['machine']['memory_gib']} GiB) in {results['total_s']:.0f} s\n"
     )
     harness.say(report.render(results))
+    if through := bridge.render(results):
+        harness.say("\n" + through)
     harness.say(f"\nraw results: {json_path}")
     if drew:
         harness.say(f"latency plot: {png_path}")

@@ -233,6 +233,7 @@ class Tap:
         self.results: dict[str, tuple[float, dict[str, Any]]] = {}
         self.commands: dict[str, dict[str, Any]] = {}
         self.created: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.beats: dict[str, tuple[float, dict[str, Any]]] = {}  # the first, by agent
         self.on_created: Callable[[dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
@@ -265,6 +266,8 @@ class Tap:
                         self.results.setdefault(data["tool_call_id"], (at, data))
                     elif role == "workspace_commands":
                         self.commands.setdefault(data["chat_id"], data)
+                    elif role == "agent_heartbeats":
+                        self.beats.setdefault(data["agent_id"], (at, data))
                     elif role == "workspace_command_results" and "job_id" in data:
                         self.created.setdefault(data["chat_id"], (at, data))
                         if self.on_created is not None:

@@ -4,6 +4,7 @@ Print one plain-text table per scenario, check the goals, write JSON and a laten
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def _ratio(baseline: float | None, ours: float | None, *, higher_is_better: bool
     return f"{r:,.1f}x"
 
 
-def table(title: str, rows: list[Row], header: Row | None = None) -> str:
+def table(
+    title: str, rows: Sequence[tuple[str, ...]], header: tuple[str, ...] | None = None
+) -> str:
     header = header or ("metric", "workspaced", "baseline", "baseline ÷ workspaced")
     cols = list(zip(header, *rows, strict=False))
     widths = [max(len(str(c)) for c in col) for col in cols]

@@ -8,14 +8,20 @@ creates, 200 for reads); anything else is read as ``ReadBodyAsError`` reads it
 and raised as one of ``coder.errors``. Redirects are not followed, so the token
 never travels to another host. Nothing is retried here: ``CoderUnavailableError``
 carries ``retry_after_s`` for the caller's policy.
+
+REST calls and the SSE fallback go through one aiohttp session whose pool has
+no cap; ``watch-ws`` connections are ``coder.websocket`` sockets, a small
+protocol object each, as a bridge holds thousands of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket as socket_module
 import ssl as ssl_module
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import quote
@@ -23,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from coder import answers, events, models
+from coder import answers, events, models, websocket
 from coder.errors import (
     CoderError,
     CoderProtocolError,
@@ -35,7 +41,7 @@ log = logs.get(__name__)
 
 SESSION_HEADER = "Coder-Session-Token"  # codersdk/client.go SessionTokenHeader
 _REDACTED = "[redacted]"
-_PROTOCOL_ERROR_CLOSE = 1002  # Coder closes a one-way WebSocket with it when a client talks
+_RESOLVED_S = 10.0  # how long Coder's looked-up addresses are used, as aiohttp's DNS cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +49,8 @@ class WatchSettings:
     """
     Say how a watch checks that its connection lives, in seconds.
 
-    ``heartbeat_s``: WebSocket ping interval (Coder pings every 15 s too);
+    ``heartbeat_s``: how long a WebSocket watch may be quiet before the kernel
+    probes its connection (TCP keepalive; Coder pings every 15 s too);
     ``idle_timeout_s``: the longest silence tolerated on the SSE stream
     (Coder writes a ping every 15 s).
     """
@@ -83,6 +90,8 @@ class CoderClient:
         self._timeout_s = timeout_s
         self._watch = watch or WatchSettings()
         self._session: aiohttp.ClientSession | None = None
+        self._resolved: tuple[list[tuple[str, int]], float] | None = None
+        self._tls_context: ssl_module.SSLContext | None = None
 
     def __repr__(self) -> str:
         return f"CoderClient(base_url={str(self._base)!r}, session_token={_REDACTED!r})"
@@ -178,35 +187,83 @@ class CoderClient:
             log.info("coder_watch_fell_back_to_sse", workspace_id=str(workspace_id))
             async for fallback in self._watch_sse(workspace_id):
                 yield fallback
+                del fallback  # hold no snapshot while the stream is quiet
             return
+        translated = self._translated("watch-ws")
         try:
             while True:
-                with self._translated("watch-ws"):
-                    message = await socket.receive()
-                snapshot = self._snapshot(_socket_event(message, socket), workspace_id)
+                with translated:
+                    text = await socket.receive()
+                snapshot = self._snapshot(events.from_message(text), workspace_id)
+                # A watch is quiet for hours: keep neither the message nor the
+                # snapshot (a few KB each) while waiting for the next.
+                del text
                 if snapshot is not None:
                     yield snapshot
+                    del snapshot
         finally:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                await socket.close()
+            await socket.close(self._timeout_s)
 
-    async def _connect_watch(
-        self, workspace_id: str | uuid.UUID
-    ) -> aiohttp.ClientWebSocketResponse | None:
+    async def _connect_watch(self, workspace_id: str | uuid.UUID) -> websocket.WatchSocket | None:
+        """
+        Open the workspace's ``watch-ws``; None when Coder has no such route (404).
+        """
         url = self._url("workspaces", str(workspace_id), "watch-ws")
-        try:
-            with self._translated("watch-ws"):
-                return await self._http().ws_connect(
-                    url,
-                    headers=self._headers(),
-                    heartbeat=self._watch.heartbeat_s,
-                    ssl=self._ssl,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout_s),
-                )
-        except _Handshake as refused:
-            if refused.status == 404:
+        with self._translated("watch-ws"):
+            answer: websocket.WatchSocket | websocket.Refused | None = None
+            error: OSError | None = None
+            for address in await self._addresses():
+                try:
+                    answer = await websocket.connect(
+                        url,
+                        self._headers(),
+                        address=address,
+                        ssl_context=self._tls(),
+                        timeout_s=self._timeout_s,
+                        max_message_bytes=events.MAX_EVENT_BYTES,
+                    )
+                    break
+                except OSError as exc:
+                    error = exc
+            if answer is None:
+                raise error or OSError(f"no address for {self._base.host}")
+        if isinstance(answer, websocket.Refused):
+            if answer.status == 404:
                 return None
-            raise answers.handshake_error(refused.exc) from None
+            if answer.status < 400:
+                message = f"Coder answered the watch-ws upgrade with status {answer.status}"
+                raise CoderProtocolError(message) from None
+            raise answers.error_for(answer.status, answer.headers, answer.body) from None
+        _keep_alive(answer.get_extra_info("socket"), self._watch.heartbeat_s)
+        return answer
+
+    async def _addresses(self) -> list[tuple[str, int]]:
+        """
+        Return Coder's addresses, looked up at most every ``_RESOLVED_S`` (each watch connects).
+        """
+        host, port = self._base.host or "", self._base.port or 443
+        loop = asyncio.get_running_loop()
+        if self._resolved is not None and self._resolved[1] > loop.time():
+            return self._resolved[0]
+        infos = await loop.getaddrinfo(host, port, type=socket_module.SOCK_STREAM)
+        found = list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
+        self._resolved = (found, loop.time() + _RESOLVED_S)
+        return found
+
+    def _tls(self) -> ssl_module.SSLContext | None:
+        """
+        Return the TLS context of watch connections (one for all of them), None over http.
+        """
+        if self._base.scheme != "https":
+            return None
+        if isinstance(self._ssl, ssl_module.SSLContext):
+            return self._ssl
+        if self._tls_context is None:
+            self._tls_context = ssl_module.create_default_context()
+            if not self._ssl:
+                self._tls_context.check_hostname = False
+                self._tls_context.verify_mode = ssl_module.CERT_NONE
+        return self._tls_context
 
     async def _watch_sse(
         self, workspace_id: str | uuid.UUID
@@ -235,8 +292,10 @@ class CoderClient:
                 if event is None:
                     raise CoderUnavailableError("Coder ended the watch stream")
                 snapshot = self._snapshot(event, workspace_id)
+                del event
                 if snapshot is not None:
                     yield snapshot
+                    del snapshot  # hold no snapshot while the stream is quiet
         finally:
             await stream.aclose()
             response.close()
@@ -252,8 +311,13 @@ class CoderClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # No cap on connections: a watch holds its connection for as long as it
+            # lives, so aiohttp's default of 100 would cap the watches at 100 and
+            # leave every other request waiting for a free one until it timed out.
+            # Callers bound how many requests they make at once.
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             )
         return self._session
 
@@ -299,49 +363,67 @@ class CoderClient:
         leaks = self._token in str(exc) or self._token in repr(exc)
         return None if leaks else exc
 
-    @contextlib.contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
+    def _translated(self, action: str) -> _Translated:
         """
         Re-raise aiohttp's errors and timeouts as the project's, without the token.
         """
-        try:
-            yield
-        except CoderError:
-            raise
-        except aiohttp.WSServerHandshakeError as exc:
-            raise _Handshake(exc) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        return _Translated(self, action)
+
+    def _translate(self, action: str, exc: BaseException) -> None:
+        """
+        Raise the project's error for ``exc`` (raised while doing ``action``); return if none.
+        """
+        if isinstance(exc, CoderError):
+            return
+        if isinstance(
+            exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | TimeoutError | OSError
+        ):
             error = CoderUnavailableError(f"{action}: {self._describe(exc)}")
             raise error from self._cause(exc)
-        except aiohttp.ClientError as exc:
+        if isinstance(exc, aiohttp.ClientError):
             raise CoderError(f"{action}: {self._describe(exc)}") from self._cause(exc)
 
 
-class _Handshake(Exception):  # noqa: N818 - internal signal, never leaves this module
+class _Translated:
     """
-    Carry a refused WebSocket upgrade out of ``_translated`` to ``_connect_watch``.
+    Translate what the ``with`` body raises (a class, not a generator: a watch waits in one).
     """
 
-    def __init__(self, exc: aiohttp.WSServerHandshakeError) -> None:
-        super().__init__(exc.status)
-        self.status = exc.status
-        self.exc = exc
+    __slots__ = ("_action", "_client")
+
+    def __init__(self, client: CoderClient, action: str) -> None:
+        self._client = client
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is not None:
+            self._client._translate(self._action, exc)  # noqa: SLF001 - its own helper
 
 
-def _socket_event(
-    message: aiohttp.WSMessage, socket: aiohttp.ClientWebSocketResponse
-) -> events.Event:
+def _keep_alive(sock: Any, idle_s: float) -> None:
     """
-    Decode a WebSocket message, or raise the error its closing means.
+    Have the kernel probe a quiet watch connection, so a dead one fails within about 2 x idle_s.
+
+    TCP keepalive rather than WebSocket pings: it costs no timer, task or
+    wake-up per watch in this process, and Coder's own pings (every 15 s) are
+    answered all the same. A Coder that goes away (host down, network cut,
+    connection dropped by a middlebox) is noticed when ``idle_s`` of silence
+    and three unanswered probes ``idle_s / 3`` apart have passed.
     """
-    if message.type is aiohttp.WSMsgType.TEXT:
-        return events.from_message(message.data)
-    if message.type is aiohttp.WSMsgType.BINARY:
-        raise CoderProtocolError("Coder sent a binary watch message")
-    code = socket.close_code
-    if code == _PROTOCOL_ERROR_CLOSE:
-        raise CoderProtocolError(f"Coder closed the watch: {message.extra or 'protocol error'}")
-    if message.type is aiohttp.WSMsgType.ERROR:
-        reason = type(message.data).__name__
-        raise CoderUnavailableError(f"the watch connection failed ({reason})")
-    raise CoderUnavailableError(f"Coder closed the watch (code {code})")
+    if sock is None:
+        return
+    options = [(socket_module.SOL_SOCKET, socket_module.SO_KEEPALIVE, 1)]
+    probe_s = max(1, round(idle_s / 3))
+    for name, value in (
+        ("TCP_KEEPIDLE", max(1, round(idle_s))),
+        ("TCP_KEEPINTVL", probe_s),
+        ("TCP_KEEPCNT", 3),
+    ):
+        if hasattr(socket_module, name):
+            options.append((socket_module.IPPROTO_TCP, getattr(socket_module, name), value))
+    with contextlib.suppress(OSError):
+        for level, option, value in options:
+            sock.setsockopt(level, option, value)

@@ -71,7 +71,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     store = await PostgresStateStore.open(
         settings.database_url.get_secret_value(), settings.topic, 4
     )
-    producer = kafka.producer(config, "workspaced-bridge")
+    # No linger: each event is a change the daemon answers a chat from (the
+    # heartbeat ticker's beats still leave in batches, as they are sent at once).
+    producer = kafka.producer(config, "workspaced-bridge", linger_ms=0)
     try:
         with kafka.translated():
             await producer.start()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,7 +66,7 @@ class CoderApi(Protocol):
 
     async def create_build(self, workspace_id: str, transition: str) -> models.WorkspaceBuild: ...
 
-    def watch(self, workspace_id: str) -> AsyncIterator[models.Workspace]: ...
+    def watch(self, workspace_id: str) -> AsyncGenerator[models.Workspace, None]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,14 +78,16 @@ def bound_agent(workspace: models.Workspace) -> models.WorkspaceAgent | None:
     return build.agents[0]
 
 
-def heartbeat(workspace_id: str, agent: models.WorkspaceAgent, at: datetime) -> dict[str, Any]:
+def heartbeat(
+    workspace_id: str, agent_id: str, lifecycle_state: str, at: datetime
+) -> dict[str, Any]:
     """
     Return the ``coder.agent.heartbeat.v1`` of a connected agent seen at ``at``.
     """
     return {
-        "agent_id": str(agent.id),
+        "agent_id": agent_id,
         "workspace_id": workspace_id,
-        "lifecycle_state": agent.lifecycle_state.value,
+        "lifecycle_state": lifecycle_state,
         "occurred_at": _rfc3339(at),
     }
 

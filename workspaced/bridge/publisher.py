@@ -37,26 +37,35 @@ class EventPublisher:
         """
         Publish one event and wait until the broker has it.
         """
-        await self.send_many(role, [(key, ce_type, ce_id, data)])
+        await self.send_all([(role, key, ce_type, ce_id, data)])
 
     async def send_many(
         self, role: str, events: Sequence[tuple[str, str, str, dict[str, Any]]]
     ) -> None:
         """
-        Publish events in order and wait until the broker has all of them.
+        Publish events to one topic in order and wait until the broker has all of them.
+        """
+        await self.send_all([(role, *event) for event in events])
+
+    async def send_all(self, events: Sequence[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+        """
+        Publish events (role, key, type, id, data) in order; wait until the broker has them all.
+
+        All are handed to the producer before the first acknowledgement is
+        awaited, so events of one snapshot (a job update and a heartbeat) cost
+        one round trip, not one each.
         """
         if not events:
             return
-        topic = self._config.topic(role)
         now = datetime.now(UTC)
         with kafka.translated():
             sent = [
                 await self._producer.send(
-                    topic,
+                    self._config.topic(role),
                     orjson.dumps(data),
                     key=key.encode(),
                     headers=codec.encode_headers(self._source, ce_id, ce_type, now),
                 )
-                for key, ce_type, ce_id, data in events
+                for role, key, ce_type, ce_id, data in events
             ]
             await asyncio.gather(*sent)

@@ -4,15 +4,21 @@ Watch every workspace bound to a chat and publish what changes: job updates and 
 One task per watched workspace follows Coder's watch stream (WebSocket, SSE
 as fallback: ``coder.client``). On every (re)connect it first reads the
 workspace once, so a change made while no one watched is published; R12
-makes the repeats harmless. A dropped stream reconnects with backoff.
+makes the repeats harmless. A dropped stream reconnects with backoff. At most
+``max_opening`` watches read and connect at once. An instance holds
+thousands of watches that are quiet for hours, so a watch keeps only what
+decides the next publish (the last job update's id, the connected agent and
+its lifecycle), never a snapshot, and has no timer of its own (about 5 KB
+each, docs/benchmarks.md).
 
 Coder's watch speaks when the agent connects or disconnects, not on every
 agent heartbeat, so while the bound agent stays ``connected`` one ticker
 repeats its heartbeat every ``heartbeat_interval_s`` (below the daemon's
-inactivity timeout): a reachable agent is never judged gone (R6 would create
-a second workspace), and one that disconnects stops beating at once, so it is
-judged gone within the inactivity timeout. The cost is one small record per
-ready chat per interval.
+inactivity timeout), a tenth of the agents every tenth of the interval: a
+reachable agent is never judged gone (R6 would create a second workspace),
+and one that disconnects stops beating at once, so it is judged gone within
+the inactivity timeout. The cost is one small record per ready chat per
+interval (docs/coder.md).
 
 Which instance watches what: leases in PostgreSQL (``storage.watches``),
 renewed every third of the lease; a dead instance's leases run out and the
@@ -26,9 +32,11 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from coder import errors as coder_errors
 from coder import models
+from consumers import kafka
 from storage import errors as storage_errors
 from storage.watches import PostgresWatchLeases
 from telemetry import logs
@@ -37,6 +45,9 @@ from workspaced.bridge.commands import Backoff, CoderApi
 from workspaced.bridge.publisher import EventPublisher
 
 log = logs.get(__name__)
+_BEAT_SLICES = 10  # the heartbeat ticker wakes this often per interval, beating one slice
+_Event = tuple[str, str, str, str, dict[str, Any]]  # role, key, CloudEvent type and id, data
+_JOB = mapping.JOB_UPDATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +60,16 @@ class WatchOptions:
     lease_s: float = 15.0
     unbound_grace_s: float = 300.0
     max_watches: int = 20_000
+    max_opening: int = 64
 
 
 @dataclass(slots=True)
 class _Watched:
     workspace_id: str
     task: asyncio.Task[None] | None = None
-    last_job: tuple[str, str, tuple[str, ...]] | None = None
-    agent: models.WorkspaceAgent | None = None  # the bound agent while it is connected
-    lifecycle: str | None = None
+    last_job: str | None = None  # the id of the last job update published
+    agent_id: str | None = None  # the bound agent while it is connected
+    lifecycle: str = ""
 
 
 @dataclass(slots=True)
@@ -96,6 +108,7 @@ class WatchManager:
         self._rng = rng or random.Random()
         self._watched: dict[str, _Watched] = {}
         self._wake = asyncio.Event()
+        self._opening = asyncio.Semaphore(options.max_opening)
         self.stats = WatchStats()
 
     @property
@@ -151,7 +164,7 @@ class WatchManager:
         if workspace_id in self._watched:
             return
         watched = _Watched(workspace_id)
-        watched.task = asyncio.create_task(self._follow_one(watched), name=f"watch-{workspace_id}")
+        watched.task = asyncio.create_task(self._follow_one(watched))
         self._watched[workspace_id] = watched
 
     async def _follow_one(self, watched: _Watched) -> None:
@@ -162,8 +175,12 @@ class WatchManager:
             except coder_errors.WorkspaceGoneError:
                 await self._gone(watched)
                 return
-            except (coder_errors.CoderUnavailableError, coder_errors.CoderProtocolError) as exc:
-                watched.agent = None  # unknown until we see it again: stop vouching for it
+            except (
+                coder_errors.CoderUnavailableError,
+                coder_errors.CoderProtocolError,
+                kafka.BrokerError,  # not published: the next read publishes it again
+            ) as exc:
+                watched.agent_id = None  # unknown until we see it again: stop vouching for it
                 delay_s = self._backoff.delay(
                     attempt, getattr(exc, "retry_after_s", None), self._rng
                 )
@@ -194,15 +211,24 @@ class WatchManager:
         Read the workspace, then follow its stream until it ends.
 
         Return how many snapshots the stream gave, or None once the workspace is gone for good.
+        At most ``max_opening`` watches read and connect at once, so a restart or a
+        Coder outage does not send every watch's requests to Coder in the same instant.
         """
-        snapshot = await self._coder.workspace(watched.workspace_id, include_deleted=True)
-        if await self._seen(watched, snapshot):
-            return None
-        streamed = 0
-        async for snapshot in self._coder.watch(watched.workspace_id):
-            streamed += 1
+        async with self._opening:
+            snapshot = await self._coder.workspace(watched.workspace_id, include_deleted=True)
             if await self._seen(watched, snapshot):
                 return None
+            del snapshot
+            stream = self._coder.watch(watched.workspace_id)
+            following = await anext(stream, None)  # connected: Coder sent the workspace
+        streamed = 0
+        async with contextlib.aclosing(stream):
+            while following is not None:
+                streamed += 1
+                if await self._seen(watched, following):
+                    return None
+                del following  # a watch is quiet for hours: hold no snapshot meanwhile
+                following = await anext(stream, None)
         self.stats.reconnects += 1
         log.info("bridge_watch_reconnecting", workspace_id=watched.workspace_id)
         return streamed
@@ -210,31 +236,24 @@ class WatchManager:
     async def _seen(self, watched: _Watched, workspace: models.Workspace) -> bool:
         """
         Publish what changed in this snapshot; return True when the workspace is gone for good.
+
+        A job update and a heartbeat from one snapshot (a build that succeeds
+        with its agent already connected) go out together: one round trip.
         """
         view = mapping.job_update(workspace)
-        if view.key != watched.last_job:
-            await self._publisher.send(
-                "provisioner_job_updates",
-                watched.workspace_id,
-                mapping.JOB_UPDATED,
-                view.ce_id,
-                view.data,
-            )
-            watched.last_job = view.key
-            self.stats.job_updates += 1
-        agent = mapping.bound_agent(workspace)
-        connected = (
-            agent if agent is not None and agent.status is models.AgentStatus.CONNECTED else None
-        )
-        newly = connected is not None and (
-            watched.agent is None
-            or watched.agent.id != connected.id
-            or watched.lifecycle != connected.lifecycle_state.value
-        )
-        watched.agent = connected
-        watched.lifecycle = connected.lifecycle_state.value if connected else None
-        if newly and connected is not None:
-            await self._beat_one(watched, connected)
+        jobs = int(view.ce_id != watched.last_job)
+        events: list[_Event] = []
+        if jobs:
+            data = view.data
+            events.append(("provisioner_job_updates", watched.workspace_id, _JOB, view.ce_id, data))
+        agent_id, lifecycle = _connected(workspace)
+        if agent_id is not None and (agent_id, lifecycle) != (watched.agent_id, watched.lifecycle):
+            events.append(_heartbeat(watched.workspace_id, agent_id, lifecycle, datetime.now(UTC)))
+        await self._publisher.send_all(events)
+        watched.last_job = view.ce_id
+        watched.agent_id, watched.lifecycle = agent_id, lifecycle
+        self.stats.job_updates += jobs
+        self.stats.heartbeats += len(events) - jobs
         if workspace.deleted:
             await self._gone(watched)
             return True
@@ -247,37 +266,49 @@ class WatchManager:
             await self._leases.forget([watched.workspace_id])
         log.info("bridge_watch_ended", workspace_id=watched.workspace_id, reason="deleted")
 
-    async def _beat_one(self, watched: _Watched, agent: models.WorkspaceAgent) -> None:
-        data = mapping.heartbeat(watched.workspace_id, agent, datetime.now(UTC))
-        await self._publisher.send(
-            "agent_heartbeats",
-            str(agent.id),
-            mapping.HEARTBEAT,
-            mapping.event_id("beat", data["agent_id"], data["occurred_at"]),
-            data,
-        )
-        self.stats.heartbeats += 1
-
     async def _beat(self, stop: asyncio.Event) -> None:
+        """
+        Repeat each connected agent's heartbeat every interval, a tenth of the agents at a time.
+
+        Spread over the interval, each tick stays short: all agents at once
+        would hold the event loop for a long moment every interval (measured in
+        docs/benchmarks.md), and a snapshot arriving then would wait for it.
+        """
+        tick = 0
         while not stop.is_set():
-            await asyncio.sleep(self._options.heartbeat_interval_s)
+            await asyncio.sleep(self._options.heartbeat_interval_s / _BEAT_SLICES)
+            tick = (tick + 1) % _BEAT_SLICES
             now = datetime.now(UTC)
             beats = [
-                (
-                    str(w.agent.id),
-                    mapping.HEARTBEAT,
-                    mapping.event_id("beat", w.agent.id, now),
-                    mapping.heartbeat(w.workspace_id, w.agent, now),
-                )
+                _heartbeat(w.workspace_id, w.agent_id, w.lifecycle, now)
                 for w in list(self._watched.values())
-                if w.agent is not None
+                if w.agent_id is not None and hash(w.workspace_id) % _BEAT_SLICES == tick
             ]
             try:
-                await self._publisher.send_many("agent_heartbeats", beats)
+                await self._publisher.send_all(beats)
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 log.warning("bridge_heartbeats_failed", error=str(exc), agents=len(beats))
             else:
                 self.stats.heartbeats += len(beats)
+
+
+def _connected(workspace: models.Workspace) -> tuple[str | None, str]:
+    """
+    Return the bound agent's id and lifecycle state while it is connected, else (None, "").
+    """
+    agent = mapping.bound_agent(workspace)
+    if agent is None or agent.status is not models.AgentStatus.CONNECTED:
+        return None, ""
+    return str(agent.id), agent.lifecycle_state.value
+
+
+def _heartbeat(workspace_id: str, agent_id: str, lifecycle: str, at: datetime) -> _Event:
+    """
+    Return the heartbeat of a connected agent seen at ``at``, as an event to publish.
+    """
+    data = mapping.heartbeat(workspace_id, agent_id, lifecycle, at)
+    ce_id = mapping.event_id("beat", agent_id, data["occurred_at"])
+    return ("agent_heartbeats", agent_id, mapping.HEARTBEAT, ce_id, data)
 
 
 async def _first(*events: asyncio.Event) -> None:
