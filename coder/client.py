@@ -27,6 +27,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from coder import answers, events, models, websocket
@@ -35,7 +36,7 @@ from coder.errors import (
     CoderProtocolError,
     CoderUnavailableError,
 )
-from telemetry import logs
+from telemetry import logs, metrics
 
 log = logs.get(__name__)
 
@@ -337,20 +338,37 @@ class CoderClient:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
     ) -> bytes:
-        with self._translated(f"{method} {url.path}"):
-            async with self._http().request(
-                method,
-                url,
-                json=body,
-                params=params,
-                headers=self._headers(),
-                ssl=self._ssl,
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
-                if response.status == expected:
-                    return raw
-                raise answers.error_for(response.status, response.headers, raw)
+        operation = _operation(method, url)
+        status = "error"
+        try:
+            with self._translated(f"{method} {url.path}"):
+                async with self._http().request(
+                    method,
+                    url,
+                    json=body,
+                    params=params,
+                    headers=self._headers(),
+                    ssl=self._ssl,
+                    allow_redirects=False,
+                ) as response:
+                    status = str(response.status)
+                    raw = await response.read()
+                    if response.status == expected:
+                        return raw
+                    raise answers.error_for(response.status, response.headers, raw)
+        finally:
+            metrics.CODER_REQUESTS.labels(operation, status).inc()
+
+    async def buildinfo(self) -> str:
+        """
+        Return Coder's version (``GET /api/v2/buildinfo``, no token needed): is Coder there?
+        """
+        raw = await self._call("GET", self._url("buildinfo"), expected=200)
+        try:
+            version = orjson.loads(raw).get("version", "")
+        except (orjson.JSONDecodeError, AttributeError):
+            version = ""
+        return str(version)
 
     def _describe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -427,3 +445,17 @@ def _keep_alive(sock: Any, idle_s: float) -> None:
     with contextlib.suppress(OSError):
         for level, option, value in options:
             sock.setsockopt(level, option, value)
+
+
+def _operation(method: str, url: URL) -> str:
+    """
+    Name a call by its route, without ids: a bounded metric label.
+    """
+    parts = url.path.split("/")[3:]  # after /api/v2
+    if parts[:1] == ["workspaces"]:
+        rest = "/".join(parts[2:])
+        return f"{method} workspaces/{{id}}" + (f"/{rest}" if rest else "")
+    if parts[:1] == ["users"]:
+        rest = "/".join(parts[2:3])
+        return f"{method} users/{{user}}/{rest}"
+    return f"{method} {'/'.join(parts)}"

@@ -376,3 +376,45 @@ async def test_through_the_bridge_failed_startup_scripts_reach_the_tool_result(
         }
     finally:
         await daemon.halt()
+
+
+async def test_the_bridge_serves_metrics_and_is_ready_only_while_coder_answers(
+    stack: Stack,
+) -> None:
+    from devtools.services import process  # noqa: PLC0415
+    from tests.test_metrics import _get, _sample, _until  # noqa: PLC0415
+
+    address = f"127.0.0.1:{process.free_port('127.0.0.1')}"
+    stack.start_bridge(bridge_metrics_address=address)
+    base = f"http://{address}"
+
+    async def ready() -> Any:
+        status, body = await _get(f"{base}/readyz")
+        return body if status == 200 else None
+
+    body = await _until(ready, "the bridge to be ready")
+    assert body["checks"]["coder"]["detail"] == "Coder v2.22.0-fake answers"
+    command = await stack.command("metered")
+    await stack.answer(command)
+    _, text = await _get(f"{base}/metrics")
+    assert _sample(text, "workspaced_bridge_commands_total", result="created") >= 1
+    assert (
+        _sample(
+            text,
+            "workspaced_coder_requests_total",
+            operation="POST users/{user}/workspaces",
+            status="201",
+        )
+        >= 1
+    )
+    assert _sample(text, "workspaced_coder_watches") >= 1
+    stack.fake.faults.fail_next(50, status=503)
+
+    async def not_ready() -> Any:
+        status, body = await _get(f"{base}/readyz")
+        return body if status == 503 else None
+
+    body = await _until(not_ready, "readyz to report Coder failing")
+    assert body["checks"]["coder"]["ok"] is False
+    assert body["checks"]["postgresql"]["ok"] is True
+    assert stack.fake.session_token not in str(body)

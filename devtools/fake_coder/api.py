@@ -111,7 +111,27 @@ class CoderApi:
             web.get("/api/v2/users/{user}/workspace/{workspacename}", self.by_owner_and_name),
             web.get("/api/v2/workspaces/{workspace}", self.workspace),
             web.post("/api/v2/workspaces/{workspace}/builds", self.post_workspace_builds),
+            web.get("/api/v2/buildinfo", self.buildinfo),
         ]
+
+    async def buildinfo(self, request: web.Request) -> web.Response:
+        """
+        Answer codersdk ``BuildInfoResponse`` (coderd/coderd.go buildInfoHandler; no token needed).
+        """
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response(
+            {
+                "external_url": "https://github.com/coder/coder",
+                "version": "v2.22.0-fake",
+                "dashboard_url": base,
+                "telemetry": False,
+                "workspace_proxy": False,
+                "agent_api_version": "2.0",
+                "provisioner_api_version": "1.0",
+                "upgrade_message": "",
+                "deployment_id": "00000000-0000-0000-0000-000000000000",
+            }
+        )
 
     async def post_user_workspaces(self, request: web.Request) -> web.Response:
         """

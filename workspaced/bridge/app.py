@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from coder.client import CoderClient
+from coder.errors import CoderError
 from consumers import kafka
 from storage.store import PostgresStateStore
 from storage.watches import PostgresWatchLeases
-from telemetry import logs
+from telemetry import logs, metrics
+from telemetry.http import TelemetryServer
 from workspaced.bridge.commands import CommandExecutor
 from workspaced.bridge.publisher import EventPublisher
 from workspaced.bridge.watches import WatchManager, WatchOptions
@@ -102,6 +104,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             asyncio.create_task(_commands(config, executor, stop), name="bridge-commands"),
             asyncio.create_task(watches.run(stop), name="bridge-watches"),
         ]
+        server = await _telemetry(settings, store, coder, watches)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             stop.set()
@@ -114,6 +117,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                await server.stop()
             log.info("bridge_stopped", executed=executor.executed, **vars_of(watches.stats))
     finally:
         with contextlib.suppress(Exception):
@@ -122,6 +127,44 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await store.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+async def _telemetry(
+    settings: Settings, store: PostgresStateStore, coder: CoderClient, watches: WatchManager
+) -> TelemetryServer | None:
+    """
+    Serve the bridge's /metrics, /healthz and /readyz on ``bridge_metrics_address``.
+    """
+    if not settings.bridge_metrics_address:
+        return None
+
+    async def postgres() -> tuple[bool, str]:
+        ok = await store.healthy()
+        return ok, "answers" if ok else "does not answer"
+
+    async def coder_answers() -> tuple[bool, str]:
+        try:
+            version = await coder.buildinfo()
+        except CoderError as exc:
+            return False, str(exc)
+        return True, f"Coder {version} answers"
+
+    async def gauges() -> None:
+        metrics.CODER_WATCHES_OPEN.set(len(watches.watching))
+
+    server = TelemetryServer(
+        settings.bridge_metrics_address,
+        checks={"postgresql": postgres, "coder": coder_answers},
+        before_scrape=gauges,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        log.warning(
+            "telemetry_unavailable", address=settings.bridge_metrics_address, error=str(exc)
+        )
+        return None
+    return server
 
 
 def vars_of(stats: Any) -> dict[str, int]:

@@ -29,7 +29,7 @@ import orjson
 
 from coder import errors as coder_errors
 from coder import models
-from telemetry import logs
+from telemetry import logs, metrics
 from workspaced.bridge import mapping
 from workspaced.bridge.publisher import EventPublisher
 
@@ -215,6 +215,7 @@ class CommandExecutor:
         return await self._coder.create_build(command["workspace_id"], command["transition"])
 
     async def _queued(self, command: dict[str, Any], build: models.WorkspaceBuild) -> None:
+        metrics.BRIDGE_COMMANDS.labels("build_queued").inc()
         data = mapping.build_queued(command, build)
         ce_id = mapping.event_id("build_queued", command["command_id"])
         await self._publisher.send(
@@ -224,6 +225,7 @@ class CommandExecutor:
     async def _refused(
         self, command: dict[str, Any], refused: coder_errors.CoderRejectedError
     ) -> None:
+        metrics.BRIDGE_COMMANDS.labels("build_rejected").inc()
         validations = [{"field": v.field, "detail": v.detail} for v in refused.validations]
         data = mapping.rejected(
             command, refused.status_code, refused.message, refused.detail, validations
@@ -234,6 +236,7 @@ class CommandExecutor:
         )
 
     async def _created(self, command: dict[str, Any], workspace: models.Workspace) -> None:
+        metrics.BRIDGE_COMMANDS.labels("created").inc()
         await self._watch(str(workspace.id))  # watch before answering: no update slips by
         data = mapping.created(command, workspace)
         ce_id = mapping.event_id("created", command["command_id"])
@@ -244,6 +247,7 @@ class CommandExecutor:
     async def _failed(
         self, command: dict[str, Any], refused: coder_errors.CoderRejectedError
     ) -> None:
+        metrics.BRIDGE_COMMANDS.labels("create_failed").inc()
         validations = [{"field": v.field, "detail": v.detail} for v in refused.validations]
         data = mapping.rejected(
             command, refused.status_code, refused.message, refused.detail, validations

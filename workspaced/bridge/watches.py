@@ -39,7 +39,7 @@ from coder import models
 from consumers import kafka
 from storage import errors as storage_errors
 from storage.watches import PostgresWatchLeases
-from telemetry import logs
+from telemetry import logs, metrics
 from workspaced.bridge import mapping
 from workspaced.bridge.commands import Backoff, CoderApi
 from workspaced.bridge.publisher import EventPublisher
@@ -186,6 +186,7 @@ class WatchManager:
                 )
                 attempt += 1
                 self.stats.reconnects += 1
+                metrics.CODER_WATCH_RECONNECTS.inc()
                 log.warning(
                     "bridge_watch_retrying",
                     workspace_id=watched.workspace_id,
@@ -230,6 +231,7 @@ class WatchManager:
                 del following  # a watch is quiet for hours: hold no snapshot meanwhile
                 following = await anext(stream, None)
         self.stats.reconnects += 1
+        metrics.CODER_WATCH_RECONNECTS.inc()
         log.info("bridge_watch_reconnecting", workspace_id=watched.workspace_id)
         return streamed
 
@@ -254,6 +256,7 @@ class WatchManager:
         watched.agent_id, watched.lifecycle = agent_id, lifecycle
         self.stats.job_updates += jobs
         self.stats.heartbeats += len(events) - jobs
+        metrics.BRIDGE_HEARTBEATS.inc(len(events) - jobs)
         if workspace.deleted:
             await self._gone(watched)
             return True
@@ -290,6 +293,7 @@ class WatchManager:
                 log.warning("bridge_heartbeats_failed", error=str(exc), agents=len(beats))
             else:
                 self.stats.heartbeats += len(beats)
+                metrics.BRIDGE_HEARTBEATS.inc(len(beats))
 
 
 def _connected(workspace: models.Workspace) -> tuple[str | None, str]:
