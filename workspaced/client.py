@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from consumers import codec, kafka, schemas
 
 TOOL_CALL = "chat.tool_call.v1"
+_TOPIC_WAIT_S = 10.0
 
 
 class ClientError(Exception):
@@ -310,12 +311,23 @@ async def _reader_at(
     )
     with kafka.translated():
         await reader.start()
-        known = await reader.topics()  # fetches the cluster's metadata
-        partitions = reader.partitions_for_topic(topic) if topic in known else None
-        if not partitions:
-            await reader.stop()
-            msg = f"topic {topic} does not exist: is the daemon running with these settings?"
-            raise ClientError(msg)
+        # A topic just created takes a moment to show in every broker's
+        # metadata (Apache Kafka): ask again for a few seconds before giving up.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _TOPIC_WAIT_S
+        while True:
+            # topics() fetches this very metadata but keeps only the names;
+            # partitions_for_topic() reads the client's own, which a reader
+            # with no subscription may never refresh.
+            cluster = await reader._client.fetch_all_metadata()  # noqa: SLF001
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                break
+            if loop.time() > deadline:
+                await reader.stop()
+                msg = f"topic {topic} does not exist: is the daemon running with these settings?"
+                raise ClientError(msg)
+            await asyncio.sleep(0.1)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         reader.assign(assigned)
         if from_beginning:
